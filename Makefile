@@ -1,0 +1,48 @@
+# statecast: two commands on a fresh Debian / Ubuntu / Raspberry Pi OS machine.
+#   make demo   train -> export -> edge daemon on the Seattle hourly temperatures
+#   make test   the whole suite (creates .venv, installs mosquitto when root and missing)
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-dev
+
+.PHONY: all setup broker test lint demo bench clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# mosquitto is started by the test fixtures and the demo on a free loopback port.
+broker:
+	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing mosquitto with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			mosquitto mosquitto-clients >/dev/null; \
+		systemctl disable --now mosquitto >/dev/null 2>&1 || true; \
+	else \
+		echo "mosquitto is missing: run 'sudo apt-get install mosquitto mosquitto-clients'" >&2; \
+	fi
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: $(STAMP) broker lint
+	CUDA_VISIBLE_DEVICES= TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest
+
+demo: $(STAMP) broker
+	CUDA_VISIBLE_DEVICES= TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m bench.demo
+
+bench: $(STAMP) broker
+	CUDA_VISIBLE_DEVICES= TF_CPP_MIN_LOG_LEVEL=2 $(PY) bench/bench_train.py
+
+clean:
+	rm -rf $(VENV) runs demo-out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,136 @@
+"""Open an exported `.onnx`, check its manifest against the real graph, and step it.
+
+TensorFlow-free on purpose: this is all a device runs. The session uses one intra-op thread,
+sequential execution and no spinning, so an idle daemon leaves a Pi's cores alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from edge.errors import EdgeError
+from edge.manifest import METADATA_KEY, Manifest
+
+State = list[np.ndarray]
+
+
+def session_options(threads: int = 1) -> ort.SessionOptions:
+    """Options for a quiet single-stream session: no spinning between messages."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    return opts
+
+
+class StepModel:
+    """An exported graph with its manifest: `step` one observation, `step_many` a batch."""
+
+    def __init__(self, path: str | Path, threads: int = 1) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise EdgeError(f"model file {self.path} does not exist")
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), sess_options=session_options(threads),
+                providers=["CPUExecutionProvider"],
+            )
+        except Exception as exc:  # onnxruntime raises several unrelated types for a bad file
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EdgeError(f"{self.path} is not a readable ONNX model ({first[:200]})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in meta:
+            raise EdgeError(
+                f"{self.path} has no statecast manifest; export it with statecast-export"
+            )
+        self.manifest = Manifest.from_json(meta[METADATA_KEY])
+        self._check_graph()
+        m = self.manifest
+        self._state_in = [s.input for s in m.state]
+        self._outputs = [m.output] + [s.output for s in m.state]
+
+    def _check_graph(self) -> None:
+        m = self.manifest
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name for o in self.session.get_outputs()}
+        wanted_in = [m.input] + [s.input for s in m.state]
+        wanted_out = [m.output] + [s.output for s in m.state]
+        for name in wanted_in:
+            if name not in inputs:
+                raise EdgeError(f"the manifest names input {name!r}, which the graph lacks")
+        for name in wanted_out:
+            if name not in outputs:
+                raise EdgeError(f"the manifest names output {name!r}, which the graph lacks")
+        if len(inputs) != len(wanted_in):
+            extra = sorted(set(inputs) - set(wanted_in))
+            raise EdgeError(f"the graph has inputs the manifest does not describe: {extra}")
+        x_shape = inputs[m.input].shape
+        if x_shape[-1] != m.n_features:
+            raise EdgeError(
+                f"the graph's input {m.input!r} takes {x_shape[-1]} features "
+                f"but the manifest names {m.n_features}"
+            )
+        for s in m.state:
+            got = inputs[s.input].shape
+            if got[-1] != s.shape[-1]:
+                raise EdgeError(
+                    f"state {s.input!r} is {got} in the graph but {list(s.shape)} in the manifest"
+                )
+
+    @property
+    def dynamic_batch(self) -> bool:
+        """True when the graph was exported with `--batch dynamic` (many streams per run)."""
+        return not isinstance(self.session.get_inputs()[0].shape[0], int)
+
+    def zero_state(self, n: int = 1) -> State:
+        """A fresh state for n streams, one array per manifest state entry."""
+        return [np.zeros((n, *s.shape[1:]), dtype=np.float32) for s in self.manifest.state]
+
+    def step(self, x: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        """Advance one stream by one observation `x` ([F] or [1, F] raw units).
+
+        Returns the prediction (batch dimension kept) and the new state; `state` is not modified.
+        For a window graph, `x` is the whole window ([L, F] or [1, L, F]) and `state` is empty.
+        """
+        x = np.asarray(x, dtype=np.float32)
+        if self.manifest.kind == "step":
+            x = x.reshape(1, self.manifest.n_features)
+        else:
+            x = x.reshape(1, -1, self.manifest.n_features)
+        return self.step_many(x, state)
+
+    def step_many(self, x: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        """Advance N streams at once (rows of `x`); needs a graph exported with a dynamic batch,
+        otherwise it runs the batch-1 graph once per row."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        n = x.shape[0]
+        if n == 1 or self.dynamic_batch:
+            feeds = {self.manifest.input: x}
+            feeds.update(zip(self._state_in, state, strict=True))
+            out = self.session.run(self._outputs, feeds)
+            return out[0], list(out[1:])
+        ys, new = [], []
+        for i in range(n):
+            y, s = self.step_many(x[i : i + 1], [st[i : i + 1] for st in state])
+            ys.append(y)
+            new.append(s)
+        return np.concatenate(ys), [np.concatenate(parts) for parts in zip(*new, strict=True)]
+
+    def run_sequence(self, xs: np.ndarray, state: State | None = None) -> tuple[np.ndarray, State]:
+        """Step one stream through a sequence [T, F] from `state` (zero by default).
+
+        Returns the stacked predictions [T, ...] and the final state.
+        """
+        state = self.zero_state() if state is None else state
+        ys = []
+        for row in np.asarray(xs, dtype=np.float32):
+            y, state = self.step(row, state)
+            ys.append(y[0])
+        return np.stack(ys), state

@@ -1,0 +1,82 @@
+"""The training configuration: one frozen dataclass that the CLI fills and `run.train` reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer.errors import TrainError
+from trainer.models import ARCHS
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every `statecast-train` option; validated on construction."""
+
+    data: Path
+    targets: list[str]
+    out: Path
+    time_col: str | None = None
+    features: list[str] | None = None
+    series_col: str | None = None
+    freq: str | None = None
+    max_gap: int = 3
+    horizon: int = 1
+    lookback: int = 24
+    layers: int = 2
+    units: int = 32
+    dropout: float = 0.0
+    arch: str = "lstm"
+    task: str = "regress"
+    threshold: float | None = None
+    mode: str | None = None  # None: stateful for lstm/encdec, window for bilstm
+    epochs: int = 60
+    batch_size: int | None = None  # None: 64 stateful, 256 window
+    season: int | None = None
+    test_frac: float = 0.2
+    val_frac: float = 0.1
+    patience: int = 8
+    learning_rate: float = 0.01
+    seed: int = 0
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise TrainError(f"--arch must be one of {', '.join(ARCHS)}, not {self.arch!r}")
+        if self.task not in ("regress", "classify"):
+            raise TrainError(f"--task must be regress or classify, not {self.task!r}")
+        if self.mode not in (None, "stateful", "window"):
+            raise TrainError(f"--mode must be stateful or window, not {self.mode!r}")
+        if self.arch == "bilstm" and self.mode == "stateful":
+            raise TrainError(
+                "--arch bilstm sees the future of its window, so it trains with --mode window only"
+            )
+        for name, value, low in (
+            ("--horizon", self.horizon, 1), ("--lookback", self.lookback, 1),
+            ("--layers", self.layers, 1), ("--units", self.units, 1),
+            ("--epochs", self.epochs, 1), ("--max-gap", self.max_gap, 0),
+        ):
+            if value < low:
+                raise TrainError(f"{name} must be at least {low}, not {value}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise TrainError(f"--batch-size must be at least 1, not {self.batch_size}")
+        if self.season is not None and self.season < 1:
+            raise TrainError(f"--season must be at least 1, not {self.season}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise TrainError(f"--dropout must be in [0, 1), not {self.dropout}")
+        if not 0.0 < self.test_frac < 0.9:
+            raise TrainError(f"--test-frac must be between 0 and 0.9, not {self.test_frac}")
+        if self.task == "regress" and self.threshold is not None:
+            raise TrainError("--threshold only applies with --task classify")
+        if self.task == "classify" and len(self.targets) != 1:
+            raise TrainError("--task classify takes exactly one --target column")
+
+    @property
+    def resolved_mode(self) -> str:
+        return self.mode or ("window" if self.arch == "bilstm" else "stateful")
+
+    @property
+    def resolved_batch(self) -> int:
+        if self.batch_size is not None:
+            return self.batch_size
+        return 64 if self.resolved_mode == "stateful" else 256

@@ -1,0 +1,433 @@
+"""Fit a model on a table and write the run folder: the trainer's one public entry point."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer import __version__
+from trainer.batches import (
+    Prepared,
+    origins,
+    shape_targets,
+    stateful_groups,
+    targets_at,
+    windows,
+)
+from trainer.config import TrainConfig
+from trainer.data import Dataset, load_dataset
+from trainer.errors import TrainError
+from trainer.evaluate import classification_metrics, regression_metrics, seasonal_index
+from trainer.models import ModelShape, build_model, reset_states
+from trainer.spec import (
+    HISTORY_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    TAIL_FILE,
+    RunSpec,
+    Scaler,
+)
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Task:
+    """How targets are encoded for the network and decoded back to user units."""
+
+    kind: str  # regress | binary | categorical
+    classes: list[str] | None
+    threshold: float | None
+
+    @property
+    def categorical(self) -> bool:
+        return self.kind == "categorical"
+
+    def loss(self) -> str:
+        return {"regress": "mse", "binary": "binary_crossentropy",
+                "categorical": "sparse_categorical_crossentropy"}[self.kind]
+
+
+def train(cfg: TrainConfig, log: Log = print) -> dict[str, Any]:
+    """Load, split, scale, fit, evaluate and write `cfg.out`; returns the metrics."""
+    started = time.perf_counter()
+    task = _task(cfg)
+    ds = load_dataset(
+        cfg.data, cfg.targets, cfg.features, cfg.time_col, cfg.series_col, cfg.freq,
+        cfg.max_gap, categorical_ok=cfg.task == "classify" and cfg.threshold is None,
+        min_length=cfg.horizon + 2,
+    )
+    if cfg.task == "classify" and ds.classes is None and cfg.threshold is None:
+        raise TrainError(
+            f"--task classify needs --threshold X for the numeric target {cfg.targets[0]!r}"
+        )
+    if ds.classes is not None:
+        task = Task("categorical", ds.classes, None)
+    log(_describe(ds))
+    segs, scaler = _prepare(ds, cfg, task)
+
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(cfg.seed)
+    tf.config.experimental.enable_op_determinism()
+    shape = ModelShape(
+        arch=cfg.arch, features=len(ds.features), horizon=cfg.horizon,
+        per_step=len(ds.targets) if task.kind == "regress" else (
+            1 if task.kind == "binary" else len(task.classes or [])),
+        activation={"regress": None, "binary": "sigmoid", "categorical": "softmax"}[task.kind],
+        layers=cfg.layers, units=cfg.units, dropout=cfg.dropout,
+    )
+    mode = cfg.resolved_mode
+    fit = _fit_stateful if mode == "stateful" else _fit_window
+    model, history = fit(cfg, shape, task, segs, log)
+    test_min = max(cfg.lookback - 1, (cfg.season or 1) - 1)
+    metrics, curves = _evaluate(cfg, task, segs, model, mode, test_min, scaler)
+    epochs = len(history)
+    metrics.update(
+        epochs=epochs,
+        train_seconds=round(time.perf_counter() - started, 2),
+        seconds_per_epoch=float(np.median([h["seconds"] for h in history])),
+        mode=mode, arch=cfg.arch,
+    )
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(out / MODEL_FILE)
+    spec = RunSpec(
+        arch=cfg.arch, mode=mode, task=cfg.task, features=ds.features, targets=ds.targets,
+        horizon=cfg.horizon, lookback=cfg.lookback, layers=cfg.layers, units=cfg.units,
+        dropout=cfg.dropout, scaler=scaler, freq=ds.freq, max_gap=cfg.max_gap,
+        classes=task.classes, threshold=task.threshold, season=cfg.season,
+        batch_size=cfg.resolved_batch, seed=cfg.seed, data=_fingerprint(cfg, ds),
+        statecast_version=__version__,
+    )
+    spec.save(out)
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    with open(out / HISTORY_FILE, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["epoch", "loss", "val_loss", "seconds"])
+        writer.writeheader()
+        writer.writerows(history)
+    tail = next(s for s in segs if len(origins(s, "test", cfg.horizon)))
+    first = int(np.argmax(tail.gpos >= tail.test_start))
+    raw_x = tail.x * np.asarray(scaler.x_scale, np.float32) + np.asarray(scaler.x_mean, np.float32)
+    np.savez(out / TAIL_FILE, x=raw_x[first:first + 500].astype(np.float32))
+    from trainer.report import write_report
+
+    write_report(out, history, curves, spec)
+    return metrics
+
+
+def _fingerprint(cfg: TrainConfig, ds: Dataset) -> dict[str, Any]:
+    """Identify the training data: file name, size, sha256 and what was read from it."""
+    digest = hashlib.sha256(Path(cfg.data).read_bytes()).hexdigest()
+    return {
+        "file": Path(cfg.data).name,
+        "sha256": digest,
+        "rows": int(sum(len(s.x) for s in ds.segments)),
+        "series": ds.series_names(),
+        "segments": len(ds.segments),
+        "time_col": cfg.time_col,
+        "series_col": cfg.series_col,
+    }
+
+
+def _task(cfg: TrainConfig) -> Task:
+    if cfg.task == "regress":
+        return Task("regress", None, None)
+    if cfg.threshold is not None:
+        thr = cfg.threshold
+        t = cfg.targets[0]
+        return Task("binary", [f"{t}<={thr:g}", f"{t}>{thr:g}"], thr)
+    return Task("categorical", None, None)
+
+
+def _describe(ds: Dataset) -> str:
+    rows = sum(len(s.x) for s in ds.segments)
+    parts = [
+        f"data: {rows} rows in {len(ds.segments)} segment(s) of {len(ds.series_names())} "
+        f"series, period {ds.freq or 'n/a'}",
+    ]
+    if ds.interpolated:
+        parts.append(f"{ds.interpolated} missing row(s) interpolated")
+    if ds.splits:
+        parts.append(f"{ds.splits} long gap(s) split")
+    parts += ds.notes
+    return "; ".join(parts)
+
+
+def _prepare(ds: Dataset, cfg: TrainConfig, task: Task) -> tuple[list[Prepared], Scaler]:
+    """Place each segment in its series, fit the scaler on training rows only, scale."""
+    placed: list[tuple[Any, np.ndarray, int, int]] = []
+    for name in ds.series_names():
+        parts = [s for s in ds.segments if s.series == name]
+        total = sum(len(s.x) for s in parts)
+        n_test = max(cfg.horizon + 1, round(cfg.test_frac * total))
+        n_val = max(cfg.horizon + 1, round(cfg.val_frac * total))
+        need = cfg.lookback + cfg.horizon + n_test + n_val
+        if total < need:
+            raise TrainError(
+                f"series {name!r} has {total} rows, fewer than lookback + horizon + the "
+                f"validation and test tails ({need})"
+            )
+        test_start, val_start = total - n_test, total - n_test - n_val
+        offset = 0
+        for s in parts:
+            placed.append((s, np.arange(offset, offset + len(s.x)), val_start, test_start))
+            offset += len(s.x)
+    train_x = np.concatenate([s.x[g < v] for s, g, v, _ in placed])
+    train_y = np.concatenate([s.y[g < v] for s, g, v, _ in placed])
+    x_mean, x_scale = train_x.mean(0), _safe_std(train_x)
+    if task.kind == "regress":
+        y_mean, y_scale = train_y.mean(0), _safe_std(train_y)
+    else:
+        y_mean, y_scale = np.zeros(train_y.shape[1]), np.ones(train_y.shape[1])
+    scaler = Scaler(x_mean.tolist(), x_scale.tolist(), y_mean.tolist(), y_scale.tolist())
+    segs = []
+    for s, g, v, t in placed:
+        x = ((s.x - x_mean) / x_scale).astype(np.float32)
+        if task.kind == "regress":
+            lab = ((s.y - y_mean) / y_scale).astype(np.float32)
+        elif task.kind == "binary":
+            lab = (s.y > task.threshold).astype(np.float32)
+        else:
+            lab = s.y.astype(np.float32)
+        segs.append(Prepared(s.series, x, lab, s.y, s.times, g, v, t))
+    return segs, scaler
+
+
+def _safe_std(a: np.ndarray) -> np.ndarray:
+    std = a.std(0)
+    return np.where(std > 1e-12, std, 1.0)
+
+
+def _numpy_loss(task: Task, pred: np.ndarray, y: np.ndarray) -> float:
+    eps = 1e-7
+    if task.kind == "regress":
+        return float(np.mean((pred - y) ** 2))
+    if task.kind == "binary":
+        p = np.clip(pred, eps, 1 - eps)
+        return float(np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p))))
+    p = np.take_along_axis(pred, y[..., None].astype(int), axis=-1)
+    return float(np.mean(-np.log(np.clip(p, eps, 1.0))))
+
+
+def _sequence_outputs(
+    model: Any, segs: list[Prepared], starts: list[int] | None = None
+) -> list[np.ndarray]:
+    """Run the inference model over each segment from zero state (from row `starts[i]`, else 0)
+    in one padded batch; padding sits at the end, so it never affects the outputs kept.
+
+    Returns outputs aligned with the segment's rows (rows before the start are zeros).
+    """
+    import tensorflow as tf
+
+    starts = starts or [0] * len(segs)
+    longest = max(len(s.x) - a for s, a in zip(segs, starts, strict=True))
+    x = np.zeros((len(segs), longest, segs[0].x.shape[1]), np.float32)
+    for i, (s, a) in enumerate(zip(segs, starts, strict=True)):
+        x[i, : len(s.x) - a] = s.x[a:]
+    run = getattr(model, "_statecast_fn", None)
+    if run is None:  # eager Keras runs an LSTM ~100x slower than a traced function
+        run = tf.function(lambda t: model(t, training=False), reduce_retracing=True)
+        model._statecast_fn = run
+    out = np.asarray(run(tf.constant(x)))
+    result = []
+    for i, (s, a) in enumerate(zip(segs, starts, strict=True)):
+        full = np.zeros((len(s.x), *out.shape[2:]), out.dtype)
+        full[a:] = out[i, : len(s.x) - a]
+        result.append(full)
+    return result
+
+
+def _progress(log: Log, epoch: int, total: int, loss: float, val: float | None, secs: float,
+              quiet: bool) -> dict[str, Any]:
+    if not quiet:
+        v = f"{val:.4f}" if val is not None else "n/a"
+        log(f"epoch {epoch}/{total}  loss {loss:.4f}  val_loss {v}  {secs:.2f}s")
+    return {"epoch": epoch, "loss": loss, "val_loss": val, "seconds": round(secs, 4)}
+
+
+def _fit_stateful(
+    cfg: TrainConfig, shape: ModelShape, task: Task, segs: list[Prepared], log: Log
+) -> tuple[Any, list[dict[str, Any]]]:
+    """Truncated BPTT: every batch advances B streams by `lookback` steps, state carried."""
+    import keras
+
+    batch, lb = cfg.resolved_batch, cfg.lookback
+    trainer_model = build_model(shape, sequences=True, lookback=lb, batch_size=batch,
+                                stateful=True)
+    trainer_model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate, clipnorm=1.0),
+                          loss=task.loss())
+    infer = build_model(shape, sequences=True)
+    groups = stateful_groups(segs, batch, lb, cfg.horizon, cfg.arch, task.categorical)
+    if not groups:
+        raise TrainError("no training rows are left before the validation and test tails")
+    val_idx = [origins(s, "val", cfg.horizon) for s in segs]
+    val_y = [shape_targets(targets_at(s.lab, ts, cfg.horizon), cfg.arch, task.categorical)
+             for s, ts in zip(segs, val_idx, strict=True)]
+    # Validation warms each stream on `warm` rows before its first validation origin instead of
+    # the whole history: an approximation that is only used to pick the epoch to keep.
+    warm = max(8 * lb, 200)
+    val_starts = [max(0, int(v[0]) - warm) if len(v) else 0 for v in val_idx]
+    history: list[dict[str, Any]] = []
+    best, best_weights, waited = np.inf, None, 0
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        total, weight = 0.0, 0.0
+        for group in groups:
+            reset_states(trainer_model)
+            for xb, yb, wb in group.batches(lb):
+                w = float(wb.sum())
+                if w == 0.0:
+                    trainer_model.predict_on_batch(xb)  # advance the state, learn nothing
+                    continue
+                loss = trainer_model.train_on_batch(xb, yb, sample_weight=wb)
+                total += float(np.asarray(loss).ravel()[0]) * w
+                weight += w
+        for a, b in zip(infer.trainable_weights, trainer_model.trainable_weights, strict=True):
+            a.assign(b)
+        val = None
+        if any(len(v) for v in val_idx):
+            outs = _sequence_outputs(infer, segs, val_starts)
+            preds = np.concatenate([o[ts] for o, ts in zip(outs, val_idx, strict=True)])
+            val = _numpy_loss(task, preds, np.concatenate(val_y))
+        history.append(_progress(log, epoch, cfg.epochs, total / max(weight, 1.0), val,
+                                 time.perf_counter() - t0, cfg.quiet))
+        score = val if val is not None else total / max(weight, 1.0)
+        if score < best - 1e-6:
+            best, waited = score, 0
+            best_weights = [w.numpy().copy() for w in infer.trainable_weights]
+        else:
+            waited += 1
+            if waited >= cfg.patience:
+                if not cfg.quiet:
+                    log(f"early stop: no validation improvement for {cfg.patience} epochs")
+                break
+    if best_weights is not None:
+        for var, value in zip(infer.trainable_weights, best_weights, strict=True):
+            var.assign(value)
+    return infer, history
+
+
+def _fit_window(
+    cfg: TrainConfig, shape: ModelShape, task: Task, segs: list[Prepared], log: Log
+) -> tuple[Any, list[dict[str, Any]]]:
+    """Independent windows of `lookback` rows from zero state, shuffled, large batch."""
+    import keras
+
+    lb = cfg.lookback
+    model = build_model(shape, sequences=False, lookback=lb)
+    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate, clipnorm=1.0),
+                  loss=task.loss())
+
+    def tensors(role: str) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = [], []
+        for s in segs:
+            ts = origins(s, role, cfg.horizon, min_history=lb - 1)
+            if len(ts):
+                xs.append(windows(s, ts, lb))
+                ys.append(shape_targets(targets_at(s.lab, ts, cfg.horizon), cfg.arch,
+                                        task.categorical))
+        if not xs:
+            return np.zeros((0, lb, shape.features), np.float32), np.zeros((0,))
+        return np.concatenate(xs), np.concatenate(ys)
+
+    x_tr, y_tr = tensors("train")
+    x_va, y_va = tensors("val")
+    if len(x_tr) == 0:
+        raise TrainError("no training windows are left before the validation and test tails")
+    history: list[dict[str, Any]] = []
+
+    class Progress(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            logs = logs or {}
+            val = logs.get("val_loss")
+            history.append(_progress(log, epoch + 1, cfg.epochs, float(logs["loss"]),
+                                     float(val) if val is not None else None,
+                                     time.perf_counter() - self.t0, cfg.quiet))
+
+    has_val = len(x_va) > 0
+    stop = keras.callbacks.EarlyStopping(
+        monitor="val_loss" if has_val else "loss", patience=cfg.patience,
+        restore_best_weights=True,
+    )
+    model.fit(x_tr, y_tr, batch_size=cfg.resolved_batch, epochs=cfg.epochs, shuffle=True,
+              validation_data=(x_va, y_va) if has_val else None, callbacks=[Progress(), stop],
+              verbose=0)
+    return model, history
+
+
+def _decode(task: Task, out: np.ndarray, n: int, horizon: int, scaler: Scaler) -> np.ndarray:
+    """Model outputs at n origins → [n, H, K] target units, or [n, H, C] probabilities."""
+    if task.kind == "regress":
+        y = out.reshape(n, horizon, -1)
+        return y * np.asarray(scaler.y_scale) + np.asarray(scaler.y_mean)
+    if task.kind == "binary":
+        p = out.reshape(n, horizon)
+        return np.stack([1.0 - p, p], axis=-1)
+    return out.reshape(n, horizon, -1)
+
+
+def _evaluate(
+    cfg: TrainConfig, task: Task, segs: list[Prepared], model: Any, mode: str, test_min: int,
+    scaler: Scaler,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Score the tail the way the edge runs the model; return metrics and plot curves."""
+    h = cfg.horizon
+    per_seg = [origins(s, "test", h, min_history=test_min) for s in segs]
+    if not any(len(ts) for ts in per_seg):
+        raise TrainError("the held-out tail has no complete forecasts; use a larger --test-frac")
+    if mode == "stateful":
+        outs = _sequence_outputs(model, segs)
+        raw = [o[ts] for o, ts in zip(outs, per_seg, strict=True)]
+    else:
+        raw = [
+            np.asarray(model.predict(windows(s, ts, cfg.lookback), batch_size=1024, verbose=0))
+            if len(ts) else None
+            for s, ts in zip(segs, per_seg, strict=True)
+        ]
+    preds, actual, persist, seasonal = [], [], [], []
+    for s, ts, out in zip(segs, per_seg, raw, strict=True):
+        if not len(ts):
+            continue
+        preds.append(_decode(task, out, len(ts), h, scaler))
+        actual.append(targets_at(s.raw_y if task.kind == "regress" else s.lab, ts, h))
+        persist.append(np.repeat(s.raw_y[ts][:, None, :], h, axis=1))
+        if cfg.season:
+            seasonal.append(s.raw_y[seasonal_index(ts, h, cfg.season)])
+    pred = np.concatenate(preds)
+    if task.kind == "regress":
+        metrics = regression_metrics(
+            pred, np.concatenate(actual), np.concatenate(persist),
+            np.concatenate(seasonal) if seasonal else None,
+        )
+    else:
+        labels = np.concatenate(actual)[..., 0].astype(int)
+        now = np.concatenate(persist)[..., 0]
+        if task.kind == "binary":
+            now = (now > task.threshold).astype(int)
+        train_labels = np.concatenate(
+            [s.lab[s.gpos < s.val_start, 0] for s in segs]).astype(int)
+        n_cls = len(task.classes or [])
+        prior = np.bincount(train_labels, minlength=n_cls) / max(len(train_labels), 1)
+        metrics = classification_metrics(pred, labels, prior, now.astype(int))
+    first = next(i for i, ts in enumerate(per_seg) if len(ts))
+    curves = {
+        "times": segs[first].times[per_seg[first]],
+        "pred": preds[0],
+        "actual": actual[0],
+        "series": segs[first].series,
+    }
+    return metrics, curves
