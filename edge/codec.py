@@ -39,7 +39,8 @@ from edge.manifest import Manifest
 
 UNKNOWN_STREAM = "_unknown"
 TRUNCATE = 200
-# Above this a numeric timestamp is read as milliseconds (1e11 s is the year 5138; 1e11 ms 1973).
+# Above this a numeric timestamp is read as milliseconds (1e11 s is the year 5138; 1e11 ms 1973),
+# so epoch milliseconds before 1973-03-03 are misread as seconds.
 MS_THRESHOLD = 1e11
 
 _FREQ_RE = re.compile(r"^\s*([0-9]*\.?[0-9]*)\s*([A-Za-z]+)\s*$")
@@ -189,7 +190,8 @@ class Decoder:
         values = np.array(raw_values, dtype=np.float64)
         if not np.isfinite(values).all():
             raise PayloadError("not_finite", "a field is NaN or infinite")
-        values32 = values.astype(np.float32)
+        with np.errstate(over="ignore"):
+            values32 = values.astype(np.float32)
         if not np.isfinite(values32).all():
             raise PayloadError("not_finite", "a field overflows float32")
         return Observation(ts_raw, ts, epoch(ts), values32, stream)
@@ -313,7 +315,7 @@ def topic_matches(pattern: str, topic: str) -> bool:
 
 class StreamRouter:
     """Maps an incoming topic to its stream id: a fixed topic level, or the first wildcard level
-    of the subscription that matched, or the whole topic when that has no wildcard."""
+    of the subscription that matched, or the last level when that has no wildcard."""
 
     def __init__(self, patterns: Sequence[str], level: int | None = None) -> None:
         for p in patterns:
@@ -334,7 +336,7 @@ class StreamRouter:
                     index = wildcard_level(p)
                     break
         if index is None:
-            stream = topic
+            stream = levels[-1]
         elif index >= len(levels):
             raise PayloadError("bad_stream", f"topic {topic[:80]!r} has no level {index}")
         else:

@@ -216,7 +216,8 @@ def _numpy_loss(task: Task, pred: np.ndarray, y: np.ndarray) -> float:
     if task.kind == "binary":
         p = np.clip(pred, eps, 1 - eps)
         return float(np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p))))
-    p = np.take_along_axis(pred, y[..., None].astype(int), axis=-1)
+    probs = pred.reshape(*y.shape, -1)
+    p = np.take_along_axis(probs, y[..., None].astype(int), axis=-1)
     return float(np.mean(-np.log(np.clip(p, eps, 1.0))))
 
 
@@ -237,7 +238,9 @@ def _sequence_outputs(
         x[i, : len(s.x) - a] = s.x[a:]
     run = getattr(model, "_statecast_fn", None)
     if run is None:  # eager Keras runs an LSTM ~100x slower than a traced function
-        run = tf.function(lambda t: model(t, training=False), reduce_retracing=True)
+        # A free time axis also keeps TimeDistributed from unrolling one copy per step.
+        run = tf.function(lambda t: model(t, training=False),
+                          input_signature=[tf.TensorSpec([None, None, x.shape[2]], tf.float32)])
         model._statecast_fn = run
     out = np.asarray(run(tf.constant(x)))
     result = []
@@ -290,6 +293,10 @@ def _fit_stateful(
                 if w == 0.0:
                     trainer_model.predict_on_batch(xb)  # advance the state, learn nothing
                     continue
+                # Weights must have the rank of the per-element loss (one per horizon step
+                # for encdec), or Keras refuses to broadcast them.
+                loss_rank = yb.ndim if task.categorical else yb.ndim - 1
+                wb = wb.reshape(wb.shape + (1,) * (loss_rank - wb.ndim))
                 loss = trainer_model.train_on_batch(xb, yb, sample_weight=wb)
                 total += float(np.asarray(loss).ravel()[0]) * w
                 weight += w

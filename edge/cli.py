@@ -1,0 +1,148 @@
+"""`statecast-edge`: run an exported model over live MQTT sensor streams."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+from edge.config import PASSWORD_ENV, EdgeConfig, read_toml
+from edge.errors import EdgeError
+from edge.service import Service, load_model
+
+log = logging.getLogger(__name__)
+
+EPILOG = f"""\
+examples:
+  statecast-edge --model seattle.onnx --broker mqtt://localhost:1883 \\
+      --subscribe 'sensors/+/temp' --publish 'forecasts/{{stream}}'
+  statecast-edge --config /etc/statecast/edge.toml --state-dir /var/lib/statecast
+  statecast-edge --config edge.toml --check-config
+
+The stream id is the topic level matched by the first '+' of the subscription (or --stream-level
+N, or --stream-field KEY of the payload).
+Payloads: {{"ts": ISO-8601 or epoch, "<feature>": number}}.
+The broker password is read from --password-file or ${PASSWORD_ENV}.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one sentence, exit 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="statecast-edge",
+        description="Step an exported statecast ONNX model once per MQTT sensor message and "
+        "publish the forecasts.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = p.add_argument
+    add("--model", metavar="FILE.onnx", help="exported model (statecast-export)")
+    add("--broker", metavar="URL", help="mqtt://HOST:PORT or mqtts://HOST:PORT "
+        "(default mqtt://localhost:1883)")
+    add("--subscribe", metavar="PATTERN", action="append",
+        help="topic filter to read observations from (repeatable)")
+    add("--publish", metavar="TEMPLATE", help="prediction topic (default forecasts/{stream})")
+    add("--errors", metavar="TEMPLATE", help="error topic (default statecast/errors/{stream})")
+    add("--state-dir", metavar="DIR", help="checkpoint stream states here and restore them")
+    add("--client-id", metavar="ID", help="stable MQTT client id (default statecast-edge-HOST)")
+    add("--qos", type=int, choices=(0, 1), help="QoS of subscriptions and publications (default 1)")
+    add("--config", metavar="FILE.toml", help="settings file; flags override it")
+    add("--check-config", action="store_true",
+        help="validate the model, manifest, topics and settings, then exit")
+    add("--mqtt-version", choices=("3.1.1", "5"), help="protocol version (default 3.1.1)")
+    add("--username", help="broker user name")
+    add("--password-file", metavar="FILE", help=f"file holding the broker password "
+        f"(or set ${PASSWORD_ENV})")
+    add("--tls-ca", metavar="FILE", help="CA certificate for the broker (enables TLS)")
+    add("--tls-cert", metavar="FILE", help="client certificate")
+    add("--tls-key", metavar="FILE", help="client key")
+    add("--stream-level", type=int, metavar="N", help="topic level (from 0) holding the stream id")
+    add("--stream-field", metavar="KEY", help="payload field holding the stream id")
+    add("--max-payload", type=int, metavar="BYTES", help="larger payloads are dropped "
+        "(default 16384)")
+    add("--on-gap", choices=("reset", "keep"), help="what a gap over max_gap periods does to a "
+        "stream's state (default reset)")
+    add("--late", choices=("drop", "accept"), help="duplicate or out-of-order timestamps "
+        "(default drop)")
+    add("--metrics-port", type=int, metavar="PORT", help="serve /metrics and /healthz")
+    add("--metrics-host", metavar="HOST", help="address for --metrics-port (default 127.0.0.1)")
+    add("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
+    return p
+
+
+FLAG_KEYS = (
+    "model", "broker", "subscribe", "publish", "errors", "state_dir", "client_id", "qos",
+    "mqtt_version", "username", "password_file", "tls_ca", "tls_cert", "tls_key",
+    "stream_level", "stream_field", "max_payload", "on_gap", "late", "metrics_port",
+    "metrics_host", "log_level",
+)
+
+
+def config_from_args(args: argparse.Namespace) -> EdgeConfig:
+    settings: dict[str, Any] = read_toml(args.config) if args.config else {}
+    for key in FLAG_KEYS:
+        value = getattr(args, key)
+        if value is not None:
+            settings[key] = tuple(value) if key == "subscribe" else value
+    return EdgeConfig.build(settings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, (args.log_level or "INFO")),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = config_from_args(args)
+        logging.getLogger().setLevel(config.log_level.upper())
+        model, freq = load_model(config)
+        service = Service(config, model, freq)
+    except EdgeError as exc:
+        parser.exit(2, f"statecast-edge: error: {_sentence(exc)}\n")
+    m = model.manifest
+    if args.check_config:
+        print(
+            f"Configuration OK: model {m.model_id} ({m.kind}, {m.task}, features "
+            f"{', '.join(m.features)}, horizon {m.horizon}, freq {m.freq}); broker "
+            f"{config.broker_url}; subscribe {', '.join(config.subscribe)}; publish "
+            f"{config.publish}; errors {config.errors}; status {service.status_topic}"
+        )
+        return 0
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("Received %s", signal.Signals(signum).name)
+        service.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info(
+        "Starting statecast-edge: model %s (%s, %s, features %s, horizon %d, freq %s) from %s",
+        m.model_id, m.kind, m.task, ",".join(m.features), m.horizon, m.freq, config.model,
+    )
+    log.info("Broker %s as %s; subscribe %s; publish %s", config.broker_url, config.client_id,
+             " ".join(config.subscribe), config.publish)
+    try:
+        return service.run()
+    except EdgeError as exc:
+        log.error("%s", exc)
+        return 2
+
+
+def _sentence(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    return text if text.endswith(".") else text + "."
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""The daemon's settings: one frozen dataclass, validated on construction, read from TOML and
+command-line flags (flags win). Secrets come from a file or the environment, never a flag value.
+
+An example `edge.toml` (keys are the long flag names, with `-` or `_`)::
+
+    model = "models/seattle.onnx"          # relative paths are relative to this file
+    broker = "mqtts://broker.local:8883"
+    subscribe = ["sensors/+/temp"]
+    publish = "forecasts/{stream}"
+    errors = "statecast/errors/{stream}"
+    client_id = "edge-greenhouse-1"
+    qos = 1
+    state_dir = "/var/lib/statecast"
+    username = "edge"
+    password_file = "/etc/statecast/mqtt-password"
+    tls_ca = "/etc/statecast/ca.crt"
+    metrics_port = 9108
+
+    [field_map]                            # model feature -> payload key
+    temp = "t"
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: --config needs 3.11
+    tomllib = None  # type: ignore[assignment]
+
+from edge.codec import check_filter, check_template
+from edge.errors import EdgeError
+
+PASSWORD_ENV = "STATECAST_MQTT_PASSWORD"
+SCHEMES = {"mqtt": (1883, False), "tcp": (1883, False), "mqtts": (8883, True), "ssl": (8883, True)}
+PATH_KEYS = ("model", "state_dir", "password_file", "tls_ca", "tls_cert", "tls_key")
+
+
+@dataclass(frozen=True)
+class BrokerURL:
+    """`mqtt://[user@]host[:port]` or `mqtts://...` (TLS)."""
+
+    host: str
+    port: int
+    tls: bool
+    username: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerURL:
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            raise EdgeError(f"broker URL {url!r} has an invalid port") from None
+        if parts.scheme not in SCHEMES or not parts.hostname:
+            raise EdgeError(
+                f"broker URL {url!r} is not of the form mqtt://HOST:PORT or mqtts://HOST:PORT"
+            )
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise EdgeError(f"broker URL {url!r} must not have a path or query")
+        if parts.password:
+            raise EdgeError(
+                f"put the broker password in a file (password_file) or ${PASSWORD_ENV}, "
+                "not in the URL"
+            )
+        default_port, tls = SCHEMES[parts.scheme]
+        return cls(
+            host=parts.hostname,
+            port=port if port is not None else default_port,
+            tls=tls,
+            username=unquote(parts.username) if parts.username else None,
+        )
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+def default_client_id() -> str:
+    host = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname())
+    return f"statecast-edge-{host or 'host'}"
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    """Everything `statecast-edge` needs; invalid combinations raise EdgeError on construction."""
+
+    model: str
+    subscribe: tuple[str, ...]
+    broker: str = "mqtt://localhost:1883"
+    publish: str = "forecasts/{stream}"
+    errors: str = "statecast/errors/{stream}"
+    status: str = "statecast/status/{client_id}"
+    client_id: str = field(default_factory=default_client_id)
+    qos: int = 1
+    mqtt_version: str = "3.1.1"
+    keepalive: int = 30
+    session_expiry: int = 7 * 24 * 3600
+    username: str | None = None
+    password_file: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_insecure: bool = False
+    state_dir: str | None = None
+    checkpoint_interval: float = 0.5
+    stream_level: int | None = None
+    stream_field: str | None = None
+    field_map: Mapping[str, str] = field(default_factory=dict)
+    max_payload: int = 16384
+    on_gap: str = "reset"
+    late: str = "drop"
+    max_streams: int = 100_000
+    queue_size: int = 10_000
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    threads: int = 1
+    reconnect_min: float = 0.5
+    reconnect_max: float = 30.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise EdgeError("no model given; pass --model FILE.onnx")
+        if not self.subscribe:
+            raise EdgeError("no subscription given; pass --subscribe PATTERN")
+        for pattern in self.subscribe:
+            check_filter(pattern)
+        check_template(self.publish, "publish")
+        check_template(self.errors, "errors")
+        check_template(self.status, "status")
+        self.broker_url  # noqa: B018 - validates
+        if not self.client_id or len(self.client_id) > 128 or any(
+            c in self.client_id for c in "/+#\x00 "
+        ):
+            raise EdgeError(f"client id {self.client_id!r} is empty, too long or not topic-safe")
+        if self.qos not in (0, 1):
+            raise EdgeError(f"qos must be 0 or 1, not {self.qos!r}")
+        if self.mqtt_version not in ("3.1.1", "5"):
+            raise EdgeError(f"mqtt_version must be '3.1.1' or '5', not {self.mqtt_version!r}")
+        if self.on_gap not in ("reset", "keep"):
+            raise EdgeError(f"on_gap must be 'reset' or 'keep', not {self.on_gap!r}")
+        if self.late not in ("drop", "accept"):
+            raise EdgeError(f"late must be 'drop' or 'accept', not {self.late!r}")
+        if self.stream_level is not None and self.stream_level < 0:
+            raise EdgeError("stream_level must be 0 or more")
+        if self.stream_level is not None and self.stream_field is not None:
+            raise EdgeError("give stream_level or stream_field, not both")
+        for name in ("keepalive", "max_payload", "max_streams", "queue_size", "threads"):
+            if int(getattr(self, name)) < 1:
+                raise EdgeError(f"{name} must be at least 1")
+        if self.checkpoint_interval <= 0 or self.checkpoint_interval > 1.0:
+            raise EdgeError("checkpoint_interval must be more than 0 and at most 1 second")
+        if self.session_expiry < 0:
+            raise EdgeError("session_expiry must not be negative")
+        if not 0 < self.reconnect_min <= self.reconnect_max:
+            raise EdgeError("reconnect_min must be positive and not above reconnect_max")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise EdgeError(f"metrics_port {self.metrics_port} is not a TCP port")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise EdgeError("tls_cert and tls_key go together")
+        for key in ("password_file", "tls_ca", "tls_cert", "tls_key"):
+            path = getattr(self, key)
+            if path is not None and not Path(path).is_file():
+                raise EdgeError(f"{key} {path} does not exist")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.field_map.items()):
+            raise EdgeError("field_map must map feature names to payload keys (strings)")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise EdgeError(f"log_level {self.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
+
+    @property
+    def broker_url(self) -> BrokerURL:
+        return BrokerURL.parse(self.broker)
+
+    @property
+    def tls(self) -> bool:
+        return self.broker_url.tls or self.tls_ca is not None
+
+    def password(self) -> str | None:
+        """From `password_file` (first line), else $STATECAST_MQTT_PASSWORD, else None."""
+        if self.password_file is not None:
+            lines = Path(self.password_file).read_text(encoding="utf-8").splitlines()
+            return lines[0] if lines else ""
+        return os.environ.get(PASSWORD_ENV)
+
+    def topic(self, template: str, stream: str, model: str) -> str:
+        return template.format(stream=stream, model=model, client_id=self.client_id)
+
+    @classmethod
+    def build(cls, settings: Mapping[str, Any]) -> EdgeConfig:
+        """From a mapping of setting names (as in TOML; `-` or `_`) with type checks."""
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for raw_key, value in settings.items():
+            key = raw_key.replace("-", "_")
+            if key not in known:
+                raise EdgeError(f"unknown setting {raw_key!r}")
+            if value is None:
+                continue
+            values[key] = _coerce(key, value)
+        if "model" not in values:
+            raise EdgeError("no model given; pass --model FILE.onnx")
+        values.setdefault("subscribe", ())
+        return cls(**values)
+
+
+_INT_KEYS = {
+    "qos", "keepalive", "session_expiry", "stream_level", "max_payload", "max_streams",
+    "queue_size", "metrics_port", "threads",
+}
+_FLOAT_KEYS = {"checkpoint_interval", "reconnect_min", "reconnect_max"}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    if key == "subscribe":
+        if isinstance(value, str):
+            return (value,)
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise EdgeError("subscribe must be a topic filter or a list of them")
+    if key == "field_map":
+        if not isinstance(value, Mapping):
+            raise EdgeError("field_map must be a table of feature = payload key")
+        return dict(value)
+    if key == "tls_insecure":
+        if not isinstance(value, bool):
+            raise EdgeError("tls_insecure must be true or false")
+        return value
+    if key in _INT_KEYS:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise EdgeError(f"{key} must be an integer, not {value!r}")
+        return value
+    if key in _FLOAT_KEYS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise EdgeError(f"{key} must be a number, not {value!r}")
+        return float(value)
+    if key == "mqtt_version":
+        return str(value)
+    if not isinstance(value, str):
+        raise EdgeError(f"{key} must be a string, not {value!r}")
+    return value
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Settings from a TOML file, with relative paths made relative to the file."""
+    if tomllib is None:
+        raise EdgeError("reading --config needs Python 3.11 or later (tomllib)")
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EdgeError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EdgeError(f"config file {path} cannot be read ({exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise EdgeError(f"config file {path} is not valid TOML ({exc})") from None
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        norm = key.replace("-", "_")
+        if norm in PATH_KEYS and isinstance(value, str) and not Path(value).is_absolute():
+            out[norm] = str(path.parent / value)
+        else:
+            out[norm] = value
+    return out

@@ -1,0 +1,161 @@
+"""Prometheus text exposition without a client library, and a tiny HTTP server for it.
+
+Counters are written by the worker (and reconnects by the network supervisor) and read by the
+HTTP thread; a torn read of a Python int is impossible under the GIL, so there are no locks.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+STEP_BUCKETS = (
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05,
+)
+
+
+class Histogram:
+    def __init__(self, buckets: tuple[float, ...] = STEP_BUCKETS) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.sum += value
+        self.count += 1
+
+
+class Metrics:
+    """The daemon's numbers. `render()` gives Prometheus text format 0.0.4."""
+
+    def __init__(self, model_id: str = "") -> None:
+        self.model_id = model_id
+        self.messages_in = 0
+        self.predictions_out = 0
+        self.errors_out = 0
+        self.dropped: dict[str, int] = {}
+        self.resets: dict[str, int] = {}
+        self.step_seconds = Histogram()
+        self.reconnects = 0
+        self.checkpoints = 0
+        self.connected = 0
+        self.streams = 0
+        self.warming = 0
+        self.queue_depth: Callable[[], int] = lambda: 0
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    def reset(self, reason: str) -> None:
+        self.resets[reason] = self.resets.get(reason, 0) + 1
+
+    def render(self) -> str:
+        p = "statecast_edge_"
+        lines = [
+            f"# HELP {p}model_info The model this daemon runs.",
+            f"# TYPE {p}model_info gauge",
+            f'{p}model_info{{model_id="{_label(self.model_id)}"}} 1',
+        ]
+
+        def scalar(name: str, kind: str, help_: str, value: float) -> None:
+            lines.extend(
+                [f"# HELP {p}{name} {help_}", f"# TYPE {p}{name} {kind}", f"{p}{name} {value}"]
+            )
+
+        scalar("messages_received_total", "counter", "Sensor messages taken in.", self.messages_in)
+        scalar("predictions_published_total", "counter", "Predictions published.",
+               self.predictions_out)
+        scalar("errors_published_total", "counter", "Error reports published.", self.errors_out)
+        lines += [
+            f"# HELP {p}dropped_total Observations dropped, by reason.",
+            f"# TYPE {p}dropped_total counter",
+        ]
+        lines += [
+            f'{p}dropped_total{{reason="{_label(r)}"}} {n}' for r, n in sorted(self.dropped.items())
+        ]
+        lines += [
+            f"# HELP {p}state_resets_total Stream states reset, by reason.",
+            f"# TYPE {p}state_resets_total counter",
+        ]
+        lines += [
+            f'{p}state_resets_total{{reason="{_label(r)}"}} {n}'
+            for r, n in sorted(self.resets.items())
+        ]
+        h = self.step_seconds
+        lines += [
+            f"# HELP {p}step_seconds Time of one model step (onnxruntime session run).",
+            f"# TYPE {p}step_seconds histogram",
+        ]
+        cumulative = 0
+        for bound, n in zip(h.buckets, h.counts, strict=False):
+            cumulative += n
+            lines.append(f'{p}step_seconds_bucket{{le="{bound:g}"}} {cumulative}')
+        lines.append(f'{p}step_seconds_bucket{{le="+Inf"}} {h.count}')
+        lines.append(f"{p}step_seconds_sum {h.sum:.9f}")
+        lines.append(f"{p}step_seconds_count {h.count}")
+        scalar("active_streams", "gauge", "Streams with a state.", self.streams)
+        scalar("warming_streams", "gauge", "Window streams not yet full.", self.warming)
+        scalar("reconnects_total", "counter", "Reconnections to the broker.", self.reconnects)
+        scalar("checkpoints_total", "counter", "State checkpoints written.", self.checkpoints)
+        scalar("connected", "gauge", "1 while connected to the broker.", self.connected)
+        scalar("queue_depth", "gauge", "Messages waiting for the worker.", self.queue_depth())
+        return "\n".join(lines) + "\n"
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class MetricsServer:
+    """Serves `/metrics` and `/healthz` from a named daemon thread (stdlib http.server)."""
+
+    def __init__(
+        self, metrics: Metrics, host: str, port: int, health: Callable[[], dict[str, Any]]
+    ) -> None:
+        self.metrics = metrics
+        self.health = health
+        server_self = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] == "/metrics":
+                    body = server_self.metrics.render().encode()
+                    self._send(200, "text/plain; version=0.0.4; charset=utf-8", body)
+                elif self.path.split("?")[0] == "/healthz":
+                    state = server_self.health()
+                    code = 200 if state.get("ok") else 503
+                    self._send(code, "application/json", json.dumps(state).encode())
+                else:
+                    self._send(404, "text/plain", b"not found\n")
+
+            def _send(self, code: int, ctype: str, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                log.debug("metrics: " + format, *args)
+
+        self.httpd = HTTPServer((host, port), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, name="statecast-metrics", daemon=True
+        )
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -1,0 +1,351 @@
+"""The daemon: the only module that wires transport, codec, state and runner together.
+
+Threads: paho's network thread only enqueues (`Transport` → `Service.enqueue`); one worker thread
+owns the stream states and the onnxruntime session, so nothing needs a lock; the main thread
+waits for SIGTERM/SIGINT and then shuts down in order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from edge.codec import (
+    UNKNOWN_STREAM,
+    Decoder,
+    Encoder,
+    Observation,
+    PayloadError,
+    StreamRouter,
+    parse_freq,
+    truncate,
+)
+from edge.config import EdgeConfig
+from edge.errors import EdgeError
+from edge.metrics import Metrics, MetricsServer
+from edge.model import StepModel
+from edge.runner import Runner
+from edge.state import StateStore
+from edge.transport import Transport
+
+log = logging.getLogger(__name__)
+
+LOG_EVERY = 60.0
+_STOP = object()
+
+# (topic, payload, retain) -> accepted
+Publisher = Callable[[str, bytes, int], bool]
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    payload: bytes
+    mid: int = 0
+    qos: int = 0
+
+
+def load_model(config: EdgeConfig) -> tuple[StepModel, timedelta | None]:
+    """Open and check the model; the frequency must be fixed (or absent) to compute `at`."""
+    model = StepModel(config.model, threads=config.threads)
+    m = model.manifest
+    freq = None
+    if m.freq is not None:
+        try:
+            freq = parse_freq(m.freq)
+        except EdgeError as exc:
+            log.warning("%s: forecasts will carry no 'at' times and gaps are not checked", exc)
+    if m.kind == "step" and model.dynamic_batch:
+        log.info("Model %s has a dynamic batch; the daemon steps one observation at a time",
+                 m.model_id)
+    missing = [k for k in config.field_map if k not in m.features and k != "ts"]
+    if missing:
+        raise EdgeError(f"field_map names {missing[0]!r}, which is not a model feature")
+    return model, freq
+
+
+class Processor:
+    """Turns one message into a prediction or an error; owns the states. No threads, no I/O:
+    `publish` is injected (the worker passes the transport's), so it is tested without a broker.
+    """
+
+    def __init__(
+        self,
+        config: EdgeConfig,
+        model: StepModel,
+        freq: timedelta | None,
+        publish: Publisher,
+        metrics: Metrics | None = None,
+    ) -> None:
+        m = model.manifest
+        self.config = config
+        self.manifest = m
+        self.model_id = m.model_id
+        self.publish = publish
+        self.metrics = metrics or Metrics(m.model_id)
+        self.runner = Runner(model)
+        self.decoder = Decoder(
+            m.features, config.field_map, config.max_payload, stream_field=config.stream_field
+        )
+        self.encoder = Encoder(m, freq)
+        self.router = StreamRouter(config.subscribe, config.stream_level)
+        self.store = StateStore(
+            m.model_id,
+            self.runner.zero_state(),
+            lookback=self.runner.lookback,
+            n_features=m.n_features,
+            max_streams=config.max_streams,
+        )
+        self.max_gap = (
+            freq.total_seconds() * m.max_gap if freq is not None and m.max_gap else None
+        )
+        self.qos = config.qos
+        self._topics: dict[tuple[str, str], str] = {}
+        self._last_log: dict[str, float] = {}
+
+    def topic(self, template: str, stream: str) -> str:
+        key = (template, stream)
+        t = self._topics.get(key)
+        if t is None:
+            t = self.config.topic(template, stream, self.model_id)
+            if len(self._topics) < 100_000:
+                self._topics[key] = t
+        return t
+
+    def handle(self, topic: str, payload: bytes) -> bool:
+        """Process one message; True if a prediction was published. Never raises."""
+        self.metrics.messages_in += 1
+        stream = UNKNOWN_STREAM
+        try:
+            if self.config.stream_field is None:
+                stream = self.router.stream(topic)
+            obs = self.decoder.decode(payload)
+            if obs.stream is not None:
+                stream = obs.stream
+            return self._accept(stream, obs, topic, payload)
+        except PayloadError as exc:
+            self.report(stream, exc.reason, exc.detail, topic, payload)
+        except Exception as exc:
+            log.exception("Unexpected failure on %s (payload %r)", topic, truncate(payload))
+            self.report(stream, "internal", f"{type(exc).__name__}: {exc}", topic, payload)
+        return False
+
+    def _accept(self, stream: str, obs: Observation, topic: str, payload: bytes) -> bool:
+        st = self.store.get(stream)
+        if st is None:
+            try:
+                st = self.store.create(stream)
+            except EdgeError as exc:
+                raise PayloadError("too_many_streams", str(exc)) from None
+            log.debug("New stream %s", stream)
+        elif st.last_t is not None:
+            if obs.t <= st.last_t and self.config.late == "drop":
+                reason = "duplicate" if obs.t == st.last_t else "out_of_order"
+                raise PayloadError(reason, f"timestamp {obs.ts_raw!r} is not later than the last")
+            if self.max_gap is not None and obs.t - st.last_t > self.max_gap:
+                detail = (
+                    f"gap of {obs.t - st.last_t:g} s exceeds max_gap "
+                    f"({self.manifest.max_gap} × {self.manifest.freq})"
+                )
+                if self.config.on_gap == "reset":
+                    st = self.store.reset(stream)
+                    self.metrics.reset("gap")
+                    detail += "; state reset"
+                self.report(stream, "gap", detail, topic, payload, drop=False)
+        y = self.runner.step_one(st, obs.values)
+        if st.last_t is None or obs.t > st.last_t:
+            st.last_t = obs.t
+        self.store.dirty = True
+        if y is None:
+            return False
+        self.metrics.step_seconds.observe(self.runner.last_seconds)
+        body = self.encoder.prediction(stream, obs, y)
+        if self.publish(self.topic(self.config.publish, stream), body, self.qos):
+            self.metrics.predictions_out += 1
+        else:
+            self.metrics.drop("publish_refused")
+        return True
+
+    def report(
+        self,
+        stream: str,
+        reason: str,
+        detail: str,
+        topic: str,
+        payload: bytes,
+        *,
+        drop: bool = True,
+    ) -> None:
+        """Count, publish and (rate-limited per stream) log one dropped observation or fault."""
+        if drop:
+            self.metrics.drop(reason)
+        body = self.encoder.error(stream, reason, detail, payload, topic)
+        if self.publish(self.topic(self.config.errors, stream), body, self.qos):
+            self.metrics.errors_out += 1
+        now = time.monotonic()
+        last = self._last_log.get(stream)
+        if last is None or now - last >= LOG_EVERY:
+            if len(self._last_log) > 100_000:
+                self._last_log.clear()
+            self._last_log[stream] = now
+            log.warning(
+                "%s on %s (stream %s, %s): %s; payload %r "
+                "(further problems on this stream are logged at most once a minute)",
+                "Dropped a message" if drop else "Accepted a message",
+                topic, stream, reason, detail, truncate(payload, 120),
+            )
+
+
+class Service:
+    """Runs the daemon until `stop()`: restore, connect, process, checkpoint, shut down."""
+
+    def __init__(self, config: EdgeConfig, model: StepModel, freq: timedelta | None) -> None:
+        self.config = config
+        self.model = model
+        self.manifest = model.manifest
+        self.metrics = Metrics(self.manifest.model_id)
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=config.queue_size)
+        self.metrics.queue_depth = self.queue.qsize
+        self.status_topic = config.status.format(
+            client_id=config.client_id, model=self.manifest.model_id, stream=""
+        )
+        self.transport = Transport(
+            config,
+            self.enqueue,
+            status_topic=self.status_topic,
+            online=self._status("online"),
+            offline=self._status("offline"),
+            metrics=self.metrics,
+        )
+        self.processor = Processor(config, model, freq, self._publish, self.metrics)
+        self.stopping = threading.Event()
+        self.worker = threading.Thread(target=self._work, name="statecast-worker", daemon=True)
+        self.metrics_server: MetricsServer | None = None
+        self._last_checkpoint = time.monotonic()
+
+    def _status(self, status: str) -> bytes:
+        return json.dumps(
+            {
+                "status": status,
+                "model": self.manifest.model_id,
+                "client_id": self.config.client_id,
+                "subscribe": list(self.config.subscribe),
+            }
+        ).encode()
+
+    def _publish(self, topic: str, payload: bytes, qos: int) -> bool:
+        return self.transport.publish(topic, payload, qos)
+
+    def enqueue(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
+        """Called by paho's network thread: hand the message to the worker, nothing else."""
+        self.queue.put(Message(topic, payload, mid, qos))
+
+    def health(self) -> dict[str, Any]:
+        ok = self.transport.connected.is_set() and self.worker.is_alive()
+        return {
+            "ok": ok,
+            "connected": self.transport.connected.is_set(),
+            "worker": self.worker.is_alive(),
+            "model": self.manifest.model_id,
+            "streams": self.metrics.streams,
+            "warming": self.metrics.warming,
+        }
+
+    # -- run -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        cfg = self.config
+        if cfg.state_dir is not None:
+            n = self.processor.store.load(cfg.state_dir)
+            if n:
+                log.info("Restored the state of %d streams from %s", n, cfg.state_dir)
+        self._update_gauges()
+        if cfg.metrics_port is not None:
+            try:
+                self.metrics_server = MetricsServer(
+                    self.metrics, cfg.metrics_host, cfg.metrics_port, self.health
+                )
+            except OSError as exc:
+                raise EdgeError(
+                    f"cannot serve metrics on port {cfg.metrics_port} ({exc})"
+                ) from None
+            self.metrics_server.start()
+            log.info("Serving metrics on http://%s:%d/metrics", cfg.metrics_host,
+                     self.metrics_server.port)
+        self.worker.start()
+        self.transport.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def run(self) -> int:
+        """Start, wait for `stop()`, shut down in order; returns the exit status."""
+        self.start()
+        while not self.stopping.wait(0.5):
+            if not self.worker.is_alive():
+                log.error("The worker thread died; stopping")
+                break
+        self.shutdown()
+        return 0
+
+    def shutdown(self) -> None:
+        log.info("Stopping: finishing the messages in hand")
+        self.transport.pause()
+        self.queue.put(_STOP)
+        self.worker.join(30.0)
+        self.transport.close()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+        log.info("Stopped")
+
+    # -- worker --------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        interval = self.config.checkpoint_interval
+        get = self.queue.get
+        proc = self.processor
+        ack = self.transport.ack
+        store = proc.store
+        while True:
+            timeout = None
+            if store.dirty:
+                timeout = max(0.0, self._last_checkpoint + interval - time.monotonic())
+            try:
+                item = get(timeout=timeout if timeout is not None else 1.0)
+            except queue.Empty:
+                self._maybe_checkpoint()
+                continue
+            if item is _STOP:
+                break
+            proc.handle(item.topic, item.payload)
+            ack(item.mid, item.qos)
+            if store.dirty and time.monotonic() - self._last_checkpoint >= interval:
+                self._maybe_checkpoint()
+        self._maybe_checkpoint(force=True)
+
+    def _update_gauges(self) -> None:
+        store = self.processor.store
+        self.metrics.streams = len(store)
+        self.metrics.warming = store.warming() if store.lookback is not None else 0
+
+    def _maybe_checkpoint(self, force: bool = False) -> None:
+        store = self.processor.store
+        self._update_gauges()
+        if self.config.state_dir is None or not (store.dirty or force):
+            self._last_checkpoint = time.monotonic()
+            return
+        try:
+            path = store.save(self.config.state_dir)
+            self.metrics.checkpoints += 1
+            log.debug("Checkpoint written to %s", path)
+        except OSError as exc:
+            log.warning("Could not write the checkpoint to %s (%s)", self.config.state_dir, exc)
+        self._last_checkpoint = time.monotonic()
+

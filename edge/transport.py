@@ -1,0 +1,221 @@
+"""The paho-mqtt wrapper: connect, persistent session, subscriptions, last will, reconnects.
+
+paho's own network thread (`loop_start`) does all socket I/O; it runs with
+`reconnect_on_failure=False`, and a named supervisor thread here reconnects with capped
+exponential backoff and jitter. Messages are acknowledged by the application (`manual_ack`) once
+they are processed, so a message in hand at a crash or shutdown is delivered again by the broker.
+paho's return codes become exceptions or log lines here and go no further.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge.config import EdgeConfig
+from edge.errors import EdgeError
+from edge.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+# (topic, payload, mid, qos)
+MessageHandler = Callable[[str, bytes, int, int], None]
+
+
+def backoff(attempt: int, low: float, high: float) -> float:
+    """Capped exponential backoff with jitter: uniform in [d/2, d], d = min(high, low·2^attempt)."""
+    d = min(high, low * (2 ** min(attempt, 30)))
+    return random.uniform(d / 2, d)
+
+
+class Transport:
+    """One MQTT connection for the daemon."""
+
+    def __init__(
+        self,
+        config: EdgeConfig,
+        on_message: MessageHandler,
+        *,
+        status_topic: str,
+        online: bytes,
+        offline: bytes,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.config = config
+        self.url = config.broker_url
+        self.handler = on_message
+        self.status_topic = status_topic
+        self.online = online
+        self.offline = offline
+        self.metrics = metrics or Metrics()
+        self.v5 = config.mqtt_version == "5"
+        self.accepting = True
+        self.connected = threading.Event()
+        self._down = threading.Event()
+        self._closing = threading.Event()
+        self._ever_connected = False
+        self._attempt = 0
+        self._supervisor = threading.Thread(
+            target=self._supervise, name="statecast-mqtt-supervisor", daemon=True
+        )
+        kwargs: dict[str, Any] = {
+            "callback_api_version": CallbackAPIVersion.VERSION2,
+            "client_id": config.client_id,
+            "protocol": mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
+            "manual_ack": True,
+            "reconnect_on_failure": False,
+        }
+        if not self.v5:
+            kwargs["clean_session"] = False
+        client = mqtt.Client(**kwargs)
+        client.max_inflight_messages_set(1000)
+        client.max_queued_messages_set(100_000)
+        username = config.username or self.url.username
+        if username is not None:
+            client.username_pw_set(username, config.password())
+        if config.tls:
+            try:
+                client.tls_set(
+                    ca_certs=config.tls_ca,
+                    certfile=config.tls_cert,
+                    keyfile=config.tls_key,
+                    cert_reqs=ssl.CERT_REQUIRED,
+                )
+            except (OSError, ssl.SSLError) as exc:
+                raise EdgeError(f"TLS settings cannot be used ({exc})") from None
+            if config.tls_insecure:
+                client.tls_insecure_set(True)
+        client.will_set(status_topic, offline, qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self.client = client
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._supervisor.start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self.connected.wait(timeout)
+
+    def pause(self) -> None:
+        """Stop taking messages: later ones stay unacknowledged and the broker keeps them."""
+        self.accepting = False
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Publish `offline` (retained), flush what is queued, disconnect, stop the threads."""
+        self._closing.set()
+        deadline = time.monotonic() + timeout
+        if self.connected.is_set():
+            info = self.client.publish(self.status_topic, self.offline, qos=1, retain=True)
+            try:
+                info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+            except (RuntimeError, ValueError) as exc:
+                log.warning("Could not publish the offline status (%s)", exc)
+            self.client.disconnect()
+        self._down.set()
+        self._supervisor.join(max(0.1, deadline - time.monotonic()))
+        self.client.loop_stop()
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> bool:
+        """Queue a message; QoS 1 messages survive a reconnect. False if paho refused it."""
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        rc = info.rc
+        return rc == mqtt.MQTT_ERR_SUCCESS or (rc == mqtt.MQTT_ERR_NO_CONN and qos > 0)
+
+    def ack(self, mid: int, qos: int) -> None:
+        if qos > 0:
+            self.client.ack(mid, qos)
+
+    # -- paho callbacks (network thread: keep short) -------------------------------------------
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        if reason.is_failure:
+            log.warning("Broker %s refused the connection: %s", self.url, reason)
+            return
+        sock = client.socket()
+        if isinstance(sock, socket.socket):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._attempt = 0
+        if self._ever_connected:
+            self.metrics.reconnects += 1
+        self._ever_connected = True
+        session = bool(getattr(flags, "session_present", False))
+        log.info(
+            "Connected to %s as %s (MQTT %s, session %s)",
+            self.url, self.config.client_id, self.config.mqtt_version,
+            "resumed" if session else "new",
+        )
+        subs = [(p, self.config.qos) for p in self.config.subscribe]
+        result, _ = client.subscribe(subs)
+        if result != mqtt.MQTT_ERR_SUCCESS:
+            log.warning("Subscribing failed: %s", mqtt.error_string(result))
+        client.publish(self.status_topic, self.online, qos=1, retain=True)
+        self.metrics.connected = 1
+        self.connected.set()
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        self.connected.clear()
+        self.metrics.connected = 0
+        if not self._closing.is_set():
+            log.warning("Disconnected from %s: %s", self.url, reason)
+        self._down.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if self.accepting:
+            self.handler(msg.topic, bytes(msg.payload), msg.mid, msg.qos)
+
+    # -- supervisor ----------------------------------------------------------------------------
+
+    def _connect_once(self) -> None:
+        kwargs: dict[str, Any] = {"keepalive": self.config.keepalive}
+        if self.v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.config.session_expiry
+            props.ReceiveMaximum = 1000
+            kwargs["clean_start"] = False
+            kwargs["properties"] = props
+        self.client.connect(self.url.host, self.url.port, **kwargs)
+        sock = self.client.socket()
+        if isinstance(sock, socket.socket):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _supervise(self) -> None:
+        while not self._closing.is_set():
+            self._down.clear()
+            try:
+                self._connect_once()
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                self._wait_before_retry(f"cannot reach {self.url} ({exc})")
+                continue
+            self.client.loop_start()
+            while not self._down.wait(1.0):
+                pass
+            if self._closing.is_set():
+                break
+            self.client.loop_stop()
+            self._wait_before_retry("connection lost")
+
+    def _wait_before_retry(self, why: str) -> None:
+        delay = backoff(self._attempt, self.config.reconnect_min, self.config.reconnect_max)
+        self._attempt += 1
+        log.warning("MQTT %s. Reconnecting in %.2f seconds", why, delay)
+        self._closing.wait(delay)

@@ -1,0 +1,281 @@
+"""Shared fixtures: a real mosquitto on a free loopback port, and small real ONNX models.
+
+The broker is found as $STATECAST_MOSQUITTO, `mosquitto` on PATH, or /usr/sbin/mosquitto; without
+one, tests marked `broker` are skipped with that reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from edge_models import build_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def find_mosquitto() -> str | None:
+    env = os.environ.get("STATECAST_MOSQUITTO")
+    if env:
+        return env
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    for candidate in (
+        "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/opt/homebrew/sbin/mosquitto"
+    ):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Mosquitto:
+    """A mosquitto process on 127.0.0.1:`port`, configured from a file in `directory`."""
+
+    def __init__(self, binary: str, directory: Path, port: int | None = None) -> None:
+        self.binary = binary
+        self.directory = directory
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self.url = f"mqtt://{self.host}:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o777)
+        self.config = directory / "mosquitto.conf"
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous true",
+            "set_tcp_nodelay true",
+            "persistence false",
+            "max_inflight_messages 1000",
+            "max_queued_messages 0",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+        ]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            lines.append("user root")  # otherwise mosquitto drops to 'mosquitto'
+        self.config.write_text("\n".join(lines) + "\n")
+        self.config.chmod(0o644)
+        self.log = directory / "mosquitto.log"
+
+    def start(self, timeout: float = 10.0) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [self.binary, "-c", str(self.config)], stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited: {self.log.read_text()[-2000:]}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError(f"mosquitto did not listen on {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture(scope="session")
+def mosquitto_binary() -> str:
+    binary = find_mosquitto()
+    if binary is None:
+        pytest.skip("mosquitto not found (install it or set $STATECAST_MOSQUITTO)")
+    return binary
+
+
+@pytest.fixture(scope="session")
+def broker(mosquitto_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """One broker shared by the session; each test uses its own topics."""
+    m = Mosquitto(mosquitto_binary, tmp_path_factory.mktemp("mosquitto"))
+    m.start()
+    yield m
+    m.stop()
+
+
+@pytest.fixture
+def own_broker(mosquitto_binary: str, tmp_path: Path) -> Iterator[Mosquitto]:
+    """A broker for one test, which may stop and restart it."""
+    m = Mosquitto(mosquitto_binary, tmp_path / "mosquitto")
+    m.start()
+    yield m
+    m.stop()
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("models")
+    return {
+        "step": build_model(d / "step.onnx", model_id="test-step"),
+        "step2": build_model(d / "step2.onnx", model_id="test-step-other", seed=1),
+        "window": build_model(d / "window.onnx", kind="window", lookback=4, model_id="test-win"),
+        "classify": build_model(
+            d / "classify.onnx", task="classify", classes=("cold", "mild", "warm"), horizon=2,
+            model_id="test-cls",
+        ),
+        "multi": build_model(
+            d / "multi.onnx", features=("temp", "hum"), targets=("temp", "hum"),
+            model_id="test-multi",
+        ),
+        "nomanifest": build_model(d / "nomanifest.onnx", manifest=False),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Broker-side helpers for the end-to-end tests
+
+
+class Collector:
+    """A paho subscriber that records (topic, payload, retain) and re-subscribes on reconnect."""
+
+    def __init__(self, broker: Mosquitto, topics: list[str], client_id: str = "") -> None:
+        self.topics = topics
+        self.lock = threading.Lock()
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self.ready = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *a: self.ready.set()
+        self.client.on_message = self._on_message
+        self.client.connect(broker.host, broker.port, keepalive=10)
+        self.client.loop_start()
+        assert self.ready.wait(10), "collector did not subscribe"
+
+    def _on_connect(self, client, userdata, flags, reason, props):  # type: ignore[no-untyped-def]
+        client.subscribe([(t, 1) for t in self.topics])
+
+    def _on_message(self, client, userdata, msg):  # type: ignore[no-untyped-def]
+        with self.lock:
+            self.messages.append((msg.topic, msg.payload, bool(msg.retain)))
+
+    def mark(self) -> int:
+        with self.lock:
+            return len(self.messages)
+
+    def json(self, prefix: str, since: int = 0) -> list[dict]:  # type: ignore[type-arg]
+        with self.lock:
+            msgs = self.messages[since:]
+        return [json.loads(p) for t, p, _ in msgs if t.startswith(prefix)]
+
+    def wait_for(self, prefix: str, n: int, timeout: float = 20.0, since: int = 0) -> list[dict]:  # type: ignore[type-arg]
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.json(prefix, since)
+            if len(got) >= n or time.monotonic() > deadline:
+                return got
+            time.sleep(0.02)
+
+    def wait_status(self, client_id: str, status: str, since: int, timeout: float = 20.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(d.get("status") == status
+                   for d in self.json(f"statecast/status/{client_id}", since)):
+                return True
+            time.sleep(0.02)
+        return False
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class Daemon:
+    """`python -m edge.cli ...` as a real subprocess, logging to a file."""
+
+    def __init__(self, args: list[str], log_path: Path) -> None:
+        self.log_path = log_path
+        self.args = args
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "edge.cli", *args], stdout=log, stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int | None = None, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig or signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise AssertionError(f"daemon did not stop: {self.log()[-3000:]}") from None
+
+
+def replay(broker: Mosquitto, data: Path, topic: str, *extra: str) -> None:
+    """Run `python -m edge.replay` to completion."""
+    result = subprocess.run(  # noqa: PLW1510
+        [sys.executable, "-m", "edge.replay", "--data", str(data), "--broker", broker.url,
+         "--topic", topic, "--quiet", *extra],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture
+def collector_factory() -> Iterator[object]:
+    made: list[Collector] = []
+
+    def make(broker: Mosquitto, topics: list[str]) -> Collector:
+        c = Collector(broker, topics)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path) -> Iterator[object]:
+    made: list[Daemon] = []
+
+    def make(*args: str) -> Daemon:
+        d = Daemon(list(args), tmp_path / f"daemon-{len(made)}.log")
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait(5)

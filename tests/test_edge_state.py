@@ -1,0 +1,104 @@
+"""state: per-stream states and atomic checkpoints. No broker."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.state import StateStore, checkpoint_name
+
+
+def _store(model_id: str = "m1", lookback: int | None = None) -> StateStore:
+    zero = [] if lookback else [np.zeros((1, 3), np.float32), np.zeros((1, 3), np.float32)]
+    return StateStore(model_id, zero, lookback=lookback, n_features=2)
+
+
+def test_new_streams_start_at_zero_and_are_independent() -> None:
+    s = _store()
+    a = s.create("a")
+    b = s.create("b")
+    a.state[0] += 1
+    assert not b.state[0].any()
+    assert s.new().state[0].sum() == 0
+
+
+def test_checkpoint_roundtrip_step(tmp_path: Path) -> None:
+    s = _store()
+    rng = np.random.default_rng(0)
+    names = ["a", "../../etc/passwd", "ünï/cødé", "", "x" * 300]
+    for i, name in enumerate(names):
+        st = s.create(name)
+        st.state = [rng.normal(size=(1, 3)).astype(np.float32) for _ in range(2)]
+        st.last_t = 1000.0 + i
+        st.count = i
+    s.create("fresh")
+    path = s.save(tmp_path)
+    assert path.parent == tmp_path
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary left
+    t = _store()
+    assert t.load(tmp_path) == len(names) + 1
+    for name in names:
+        assert t.streams[name].last_t == s.streams[name].last_t
+        assert t.streams[name].count == s.streams[name].count
+        for x, y in zip(t.streams[name].state, s.streams[name].state, strict=True):
+            np.testing.assert_array_equal(x, y)
+    assert t.streams["fresh"].last_t is None
+
+
+def test_checkpoint_roundtrip_window(tmp_path: Path) -> None:
+    s = _store(lookback=4)
+    st = s.create("w")
+    assert st.window is not None
+    st.window[:] = np.arange(8, dtype=np.float32).reshape(4, 2)
+    st.filled = 3
+    assert s.warming() == 1
+    s.save(tmp_path)
+    t = _store(lookback=4)
+    t.load(tmp_path)
+    restored = t.streams["w"]
+    assert restored.filled == 3
+    np.testing.assert_array_equal(restored.window, st.window)
+
+
+def test_other_model_checkpoint_is_ignored_with_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = _store("model-a")
+    s.create("a").last_t = 5.0
+    s.save(tmp_path)
+    other = _store("model-b")
+    with caplog.at_level(logging.WARNING, logger="edge.state"):
+        assert other.load(tmp_path) == 0
+    assert "model-a" in caplog.text
+    assert other.streams == {}
+    # a file renamed to look like ours but holding another model id is ignored too
+    (tmp_path / checkpoint_name("model-a")).rename(tmp_path / checkpoint_name("model-b"))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="edge.state"):
+        assert other.load(tmp_path) == 0
+    assert "belongs to model model-a" in caplog.text
+
+
+def test_damaged_checkpoint_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    s = _store()
+    s.path(tmp_path).write_bytes(b"not a zip")
+    with caplog.at_level(logging.WARNING, logger="edge.state"):
+        assert s.load(tmp_path) == 0
+    assert "damaged" in caplog.text
+
+
+def test_checkpoint_name_stays_in_directory() -> None:
+    for model_id in ["../../x", "/abs", "..", "a/b\\c", "\x00"]:
+        name = checkpoint_name(model_id)
+        assert "/" not in name and "\\" not in name and ".." not in name and "\x00" not in name
+
+
+def test_checkpoint_is_not_pickled(tmp_path: Path) -> None:
+    s = _store()
+    s.create("a")
+    path = s.save(tmp_path)
+    with np.load(path, allow_pickle=False) as data:
+        assert {"header", "last_t", "count", "state_0", "state_1"} <= set(data.files)
