@@ -18,6 +18,11 @@ F = 3  # features of every plain model here
 T = 16  # steps of the test sequences
 
 
+def to_numpy(value: Any) -> np.ndarray:
+    """A Keras (TensorFlow) tensor as a numpy array."""
+    return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+
+
 def randomize(model: Any, seed: int = 0, scale: float = 0.4) -> Any:
     """Give every weight (biases included) a random value; returns the model."""
     rng = np.random.default_rng(seed)
@@ -153,3 +158,42 @@ def save(model: Any, folder: Path, name: str) -> Path:
 
 def sequence(seed: int = 1, length: int = T, features: int = F) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((length, features)).astype(np.float32)
+
+
+def make_run(folder: Path, *, arch: str, mode: str, task: str = "regress", horizon: int = 2,
+             features: tuple[str, ...] = ("temp", "hum"), targets: tuple[str, ...] = ("temp",),
+             classes: list[str] | None = None, threshold: float | None = None, layers: int = 1,
+             units: int = 4, lookback: int = 6, tail: bool = True, seed: int = 0) -> Path:
+    """A run folder as statecast-train writes it, with the trainer's own model builder and
+    random weights (no training): model.keras, spec.json, metrics.json, tail.npz."""
+    from trainer.models import ModelShape, build_model
+    from trainer.spec import RunSpec, Scaler
+
+    binary = task == "classify" and threshold is not None
+    if task == "regress":
+        per_step, act = len(targets), None
+    else:
+        per_step = 1 if binary else len(classes or [])
+        act = "sigmoid" if binary else "softmax"
+    shape = ModelShape(arch, len(features), horizon, per_step, act, layers, units, 0.1)
+    stateful = mode == "stateful"
+    model = build_model(shape, sequences=stateful, lookback=None if stateful else lookback)
+    randomize(model, seed)
+    folder.mkdir(parents=True)
+    model.save(folder / "model.keras")
+    rng = np.random.default_rng(seed)
+    x_mean, x_scale = rng.uniform(0, 50, len(features)), rng.uniform(1, 10, len(features))
+    y_mean, y_scale = rng.uniform(0, 50, len(targets)), rng.uniform(1, 10, len(targets))
+    scaler = Scaler([float(v) for v in x_mean], [float(v) for v in x_scale],
+                    [float(v) for v in y_mean], [float(v) for v in y_scale])
+    if binary and classes is None:
+        classes = [f"{targets[0]}<={threshold:g}", f"{targets[0]}>{threshold:g}"]
+    RunSpec(arch=arch, mode=mode, task=task, features=list(features), targets=list(targets),
+            horizon=horizon, lookback=lookback, layers=layers, units=units, dropout=0.1,
+            scaler=scaler, freq="1h", max_gap=3, classes=classes, threshold=threshold,
+            ).save(folder)
+    (folder / "metrics.json").write_text('{"mae": 1.25, "epochs": 1}\n')
+    if tail:
+        x = x_mean + x_scale * rng.standard_normal((40, len(features)))
+        np.savez(folder / "tail.npz", x=x.astype(np.float32))
+    return folder

@@ -1,0 +1,69 @@
+"""Trainer benchmark: accuracy on the Seattle hourly temperatures and the speed of batch training.
+
+Prints a Markdown table: RMSE at horizons 1, 6 and 24 (defaults, stateful mode) beside
+persistence and seasonal naive (24 h) on the same held-out points, then seconds per epoch in
+stateful mode at batch 64 and at batch 1 (the tutorials' online learning) on the same data.
+
+    python bench/bench_train.py [--data examples/data/seattle-temps.csv] [--epochs 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+from trainer.config import TrainConfig  # noqa: E402
+from trainer.run import train  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(data: Path, out: Path, **kw: Any) -> dict[str, Any]:
+    cfg = TrainConfig(data=data, targets=["temp"], out=out, time_col="date", season=24,
+                      quiet=True, **kw)
+    return train(cfg, log=lambda _: None)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=ROOT / "examples/data/seattle-temps.csv")
+    p.add_argument("--epochs", type=int, default=60, help="maximum epochs (early stopping)")
+    p.add_argument("--speed-epochs", type=int, default=4, help="epochs timed per batch size")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = []
+        for h in (1, 6, 24):
+            m = run(args.data, Path(tmp) / f"h{h}", horizon=h, epochs=args.epochs)
+            ph = m["per_horizon"]
+            rows.append((h, ph["rmse"][-1], ph["persistence_rmse"][-1], ph["seasonal_rmse"][-1],
+                         m["rmse"], m["persistence_rmse"], m["seasonal_rmse"], m["epochs"]))
+        print("| horizon H | model RMSE at H | persistence at H | seasonal naive at H "
+              "| model RMSE 1..H | persistence 1..H | seasonal 1..H | epochs |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r[0]} | {r[1]:.3f} | {r[2]:.3f} | {r[3]:.3f} | {r[4]:.3f} | {r[5]:.3f} "
+                  f"| {r[6]:.3f} | {r[7]} |")
+        speed = {}
+        for batch in (64, 1):
+            m = run(args.data, Path(tmp) / f"b{batch}", horizon=1, epochs=args.speed_epochs,
+                    batch_size=batch, patience=args.speed_epochs + 1)
+            hist = (Path(tmp) / f"b{batch}" / "history.csv").read_text().splitlines()[1:]
+            secs = [float(line.split(",")[-1]) for line in hist][1:]  # epoch 1 includes tracing
+            speed[batch] = statistics.median(secs)
+        print()
+        print("| stateful training, 1 h horizon | median seconds per epoch |")
+        print("|---|---|")
+        print(f"| batch 64 | {speed[64]:.3f} |")
+        print(f"| batch 1 | {speed[1]:.3f} |")
+        print(f"| speed-up | {speed[1] / speed[64]:.0f}x |")
+
+
+if __name__ == "__main__":
+    main()
