@@ -9,6 +9,8 @@ batch 1 and a direct Keras call. Goal: ≤ 15 µs per step for 2×64 and ≥ 100
 `model.predict`.
 """
 
+# ruff: noqa: PLC0415 -- TensorFlow/Keras/onnxruntime tools are imported lazily on purpose
+
 from __future__ import annotations
 
 import argparse
@@ -78,7 +80,8 @@ def onnx_iobinding(path: Path, repeats: int) -> float:
     sm = StepModel(path)
     m = sm.manifest
     x = ort.OrtValue.ortvalue_from_numpy(np.ones((1, m.n_features), np.float32))
-    y = ort.OrtValue.ortvalue_from_numpy(np.zeros(m.output_shape, np.float32))
+    y = ort.OrtValue.ortvalue_from_numpy(
+        np.zeros(tuple(d or 1 for d in m.output_shape), np.float32))
     bufs = [[ort.OrtValue.ortvalue_from_numpy(np.zeros(s.shape, np.float32)) for s in m.state]
             for _ in range(2)]
     bindings = []

@@ -19,8 +19,8 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.run import train  # noqa: E402
+from trainer.config import TrainConfig
+from trainer.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

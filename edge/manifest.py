@@ -138,4 +138,6 @@ class Manifest:
                 },
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise EdgeError(f"the statecast manifest is incomplete or malformed ({exc!r})") from None
+            raise EdgeError(
+                f"the statecast manifest is incomplete or malformed ({exc!r})"
+            ) from None

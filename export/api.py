@@ -69,7 +69,7 @@ def build(source: Source, *, kind: str, batch: str, opset: int,
             raise ExportError("a run folder names its own features; drop --features")
         if targets and list(targets) != list(spec.targets):
             raise ExportError("a run folder names its own targets; drop --targets")
-        look = lookback or spec.lookback
+        look: int | None = lookback or spec.lookback
         layout = run_layout(spec)
         built = build_graph(source.model, kind=kind, batch=batch, opset=opset, layout=layout,
                             lookback=look)
@@ -124,7 +124,7 @@ def step_latency_us(path: Path, repeats: int = 300) -> float:
     return float(np.median(times)) / 1e3
 
 
-def _verify(path: Path, source: Source, built: Built, kind: str, lookback: int | None,
+def _verify(path: Path, source: Source, built: Built, *, kind: str, lookback: int | None,
             precision: str) -> Parity:
     lay = built.layout
     tol = tolerance(precision, lay)
@@ -132,9 +132,11 @@ def _verify(path: Path, source: Source, built: Built, kind: str, lookback: int |
                                                                                      or 1)),
                          source.tail)
     if kind == "step":
-        return parity_step(path, source.model, lay, xs, built.output_has_time, tol)
+        return parity_step(path, source.model, lay, xs=xs,
+                           output_has_time=built.output_has_time, tol=tol)
     assert lookback is not None
-    return parity_window(path, source.model, lay, xs, lookback, built.output_has_time, tol)
+    return parity_window(path, source.model, lay, xs=xs, lookback=lookback,
+                         output_has_time=built.output_has_time, tol=tol)
 
 
 def export_model(
@@ -182,7 +184,7 @@ def export_model(
         onnx.save(proto, str(path))
         if verify:
             check_onnx(proto)
-            parity = _verify(path, src, built, kind, look, precision)
+            parity = _verify(path, src, built, kind=kind, lookback=look, precision=precision)
             log(f"parity vs Keras ({precision}, {parity.compared} predictions): max abs error "
                 f"{parity.max_abs:.3g} (tolerance {parity.tolerance:.3g})")
             if not parity.ok:

@@ -1,5 +1,7 @@
 """Assemble the ONNX model: inputs, layers, output layout, precision and the manifest."""
 
+# ruff: noqa: PLC0415 -- TensorFlow/Keras/onnxruntime tools are imported lazily on purpose
+
 from __future__ import annotations
 
 import hashlib
@@ -65,11 +67,9 @@ def final_activation(model: Any) -> str:
         kind = type(layer).__name__
         if kind in IDENTITY_LAYERS:
             continue
-        if kind == "TimeDistributed":
-            layer = layer.layer
-            kind = type(layer).__name__
-        if kind in ("Dense", "Activation"):
-            act = layer.get_config().get("activation", "linear")
+        inner = layer.layer if kind == "TimeDistributed" else layer
+        if type(inner).__name__ in ("Dense", "Activation"):
+            act = inner.get_config().get("activation", "linear")
             return act if isinstance(act, str) else "custom"
         return "linear"
     return "linear"

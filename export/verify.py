@@ -1,5 +1,7 @@
 """Proof before writing: onnx.checker, then the graph stepped in onnxruntime against Keras."""
 
+# ruff: noqa: PLC0415 -- TensorFlow/Keras/onnxruntime tools are imported lazily on purpose
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -133,7 +135,7 @@ def keras_steps(model: Any, xs: np.ndarray, layout: Layout,
     return steps, keras_to_layout(np.stack(outs), layout)
 
 
-def parity_step(path: Path, model: Any, layout: Layout, xs: np.ndarray, output_has_time: bool,
+def parity_step(path: Path, model: Any, layout: Layout, *, xs: np.ndarray, output_has_time: bool,
                 tol: float) -> Parity:
     """Step the ONNX graph over `xs` from zero state and compare with Keras."""
     steps, ref = keras_steps(model, xs, layout, output_has_time)
@@ -142,7 +144,7 @@ def parity_step(path: Path, model: Any, layout: Layout, xs: np.ndarray, output_h
     return Parity(err, tol, len(steps))
 
 
-def parity_window(path: Path, model: Any, layout: Layout, xs: np.ndarray, lookback: int,
+def parity_window(path: Path, model: Any, layout: Layout, *, xs: np.ndarray, lookback: int,
                   output_has_time: bool, tol: float) -> Parity:
     """Run the window graph on a few windows of `xs` and compare with Keras."""
     if len(xs) < lookback:

@@ -3,6 +3,8 @@
 Every reference here is computed by Keras in this file, never by the exporter.
 """
 
+# ruff: noqa: PLC0415 -- TensorFlow/Keras/onnxruntime tools are imported lazily on purpose
+
 from __future__ import annotations
 
 import json
@@ -10,12 +12,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import export_models as em
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 
-import export_models as em
 from edge import METADATA_KEY, Manifest, StepModel
 
 pytestmark = pytest.mark.slow
@@ -54,10 +56,9 @@ def test_many_to_one_matches_keras_after_every_step(exported: Any, name: str) ->
     ref = prefixes(model, xs)  # [T, outputs]
     ys, _ = StepModel(path).run_sequence(xs)
     if manifest.task == "classify":
-        if name == "sigmoid_classifier":
-            ref = np.stack([1 - ref, ref], axis=-1)  # [T, 1, 2]: probabilities of 0 and 1
-        else:
-            ref = ref[:, None, :]  # [T, 1, C]
+        # sigmoid: [T, 1, 2], the probabilities of 0 and 1; softmax: [T, 1, C]
+        ref = np.stack([1 - ref, ref], axis=-1) if name == "sigmoid_classifier" \
+            else ref[:, None, :]
         np.testing.assert_allclose(ys.sum(axis=-1), 1.0, atol=1e-5)
     np.testing.assert_allclose(ys, ref, atol=1e-5)
 

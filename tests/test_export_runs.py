@@ -4,16 +4,18 @@ Run folders are made with the trainer's own model builder and random weights (se
 `export_models.make_run`); one test trains a real run with statecast-train.
 """
 
+# ruff: noqa: PLC0415 -- TensorFlow/Keras/onnxruntime tools are imported lazily on purpose
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any
 
+import export_models as em
 import numpy as np
 import pytest
 
-import export_models as em
 from edge import Manifest, StepModel
 from trainer.spec import RunSpec
 

@@ -53,7 +53,9 @@ def test_missing_column_names_it_and_lists_the_others(
     assert "available: date, temp, hum, sky" in err
 
 
-def test_missing_time_column(good: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_time_column(
+    good: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, err = run(["--data", str(good), "--target", "temp", "--time-col", "when",
                      "--out", str(tmp_path / "r")], capsys)
     assert code == 2
@@ -101,7 +103,9 @@ def test_bad_timestamp(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "'yesterday-ish'" in err and "row 8" in err
 
 
-def test_bilstm_refuses_stateful(good: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bilstm_refuses_stateful(
+    good: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, err = run(["--data", str(good), "--target", "temp", "--arch", "bilstm",
                      "--mode", "stateful", "--out", str(tmp_path / "r")], capsys)
     assert code == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -72,6 +73,13 @@ def test_every_arch_task_mode_trains_and_evaluates(
     assert len(pd.read_csv(out / "history.csv")) == 1
 
 
+def test_residual_run_learns_changes_and_records_it(table: Path, tmp_path: Path) -> None:
+    metrics = train(tiny(table, tmp_path / "r", residual=True, horizon=2, epochs=2),
+                    log=lambda _: None)
+    assert RunSpec.load(tmp_path / "r").residual is True
+    assert np.isfinite(metrics["rmse"])
+
+
 def test_same_seed_same_metrics(table: Path, tmp_path: Path) -> None:
     first = train(tiny(table, tmp_path / "a", epochs=2, seed=7), log=lambda _: None)
     second = train(tiny(table, tmp_path / "b", epochs=2, seed=7), log=lambda _: None)
@@ -88,7 +96,7 @@ def test_stateful_streams_are_contiguous_across_batches() -> None:
                              categorical=False)
     assert len(groups) == 1
     batches = groups[0].batches(5)
-    for prev, nxt in zip(batches, batches[1:], strict=False):
+    for prev, nxt in itertools.pairwise(batches):
         live = nxt[2][:, 0] > 0
         # Row i of batch k+1 starts right where row i of batch k ended.
         np.testing.assert_array_equal(nxt[0][live, 0, 0], prev[0][live, -1, 0] + 1)

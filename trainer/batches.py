@@ -7,6 +7,7 @@ or in the held-out tail (test). No target ever crosses into a later part.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -25,6 +26,12 @@ class Prepared:
     gpos: np.ndarray  # [T] position of each row within its series
     val_start: int
     test_start: int
+    base: np.ndarray | None = None  # [T, Kl] scaled current target: labels are changes from it
+
+    def labels(self, ts: np.ndarray, horizon: int) -> np.ndarray:
+        """[n, H, Kl] what the network learns for origins `ts` (changes from `base` if set)."""
+        y = targets_at(self.lab, ts, horizon)
+        return y - self.base[ts][:, None, :] if self.base is not None else y
 
 
 def origins(seg: Prepared, role: str, horizon: int, min_history: int = 0) -> np.ndarray:
@@ -114,7 +121,7 @@ def stateful_groups(
         n = stop - start
         k = math.ceil(n / chunk)
         bounds = np.linspace(start, stop, k + 1).round().astype(int)
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        for a, b in itertools.pairwise(bounds):
             streams.append((seg, int(a), int(b), ts[(ts >= a) & (ts < b)]))
     length = max(b - a for _, a, b, _ in streams)
     length = math.ceil(length / lookback) * lookback
@@ -128,7 +135,7 @@ def stateful_groups(
         for row, (seg, a, b, ts) in enumerate(part):
             x[row, : b - a] = seg.x[a:b]
             if len(ts):
-                yt = shape_targets(targets_at(seg.lab, ts, horizon), arch, categorical)
+                yt = shape_targets(seg.labels(ts, horizon), arch, categorical)
                 if y is None:
                     y = np.zeros((batch_size, length, *yt.shape[1:]), yt.dtype)
                 y[row, ts - a] = yt

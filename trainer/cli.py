@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--season", type=int, help="season length in periods for the seasonal-naive baseline")
     a("--test-frac", type=float, default=0.2, help="held-out tail of every series (0.2)")
     a("--seed", type=int, default=0)
+    a("--residual", action="store_true",
+      help="learn the change from the current value of each target (targets must be features)")
     a("--quiet", action="store_true", help="no progress line per epoch")
     return p
 
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             task=args.task, threshold=args.threshold, mode=args.mode, epochs=args.epochs,
             batch_size=args.batch_size, season=args.season, test_frac=args.test_frac,
             patience=args.patience, learning_rate=args.learning_rate, seed=args.seed,
-            quiet=args.quiet,
+            residual=args.residual, quiet=args.quiet,
         )
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         from trainer.evaluate import summary_lines

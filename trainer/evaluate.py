@@ -89,7 +89,8 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
         return [
             f"held-out tail: {metrics['points']} forecasts",
             f"  accuracy   model {metrics['accuracy']:.3f}   majority class "
-            f"{metrics['majority_accuracy']:.3f}   persistence {metrics['persistence_accuracy']:.3f}",
+            f"{metrics['majority_accuracy']:.3f}   "
+            f"persistence {metrics['persistence_accuracy']:.3f}",
             f"  log loss   model {metrics['log_loss']:.3f}   majority class "
             f"{metrics['majority_log_loss']:.3f}",
         ]
@@ -108,5 +109,7 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
     if seasonal:
         row += f" {metrics['seasonal_rmse']:>9.3f}"
     lines.append(row)
-    lines.append(f"  MAE all: model {metrics['mae']:.3f}, persistence {metrics['persistence_mae']:.3f}")
+    lines.append(
+        f"  MAE all: model {metrics['mae']:.3f}, persistence {metrics['persistence_mae']:.3f}"
+    )
     return lines

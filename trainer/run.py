@@ -108,6 +108,7 @@ def train(cfg: TrainConfig, log: Log = print) -> dict[str, Any]:
         dropout=cfg.dropout, scaler=scaler, freq=ds.freq, max_gap=cfg.max_gap,
         classes=task.classes, threshold=task.threshold, season=cfg.season,
         batch_size=cfg.resolved_batch, seed=cfg.seed, data=_fingerprint(cfg, ds),
+        residual=bool(cfg.residual and task.kind == "regress"),
         statecast_version=__version__,
     )
     spec.save(out)
@@ -191,6 +192,7 @@ def _prepare(ds: Dataset, cfg: TrainConfig, task: Task) -> tuple[list[Prepared],
     else:
         y_mean, y_scale = np.zeros(train_y.shape[1]), np.ones(train_y.shape[1])
     scaler = Scaler(x_mean.tolist(), x_scale.tolist(), y_mean.tolist(), y_scale.tolist())
+    residual = _residual_features(ds, cfg, task)
     segs = []
     for s, g, v, t in placed:
         x = ((s.x - x_mean) / x_scale).astype(np.float32)
@@ -200,8 +202,23 @@ def _prepare(ds: Dataset, cfg: TrainConfig, task: Task) -> tuple[list[Prepared],
             lab = (s.y > task.threshold).astype(np.float32)
         else:
             lab = s.y.astype(np.float32)
-        segs.append(Prepared(s.series, x, lab, s.y, s.times, g, v, t))
+        base = None
+        if residual:
+            base = ((s.x[:, residual] - y_mean) / y_scale).astype(np.float32)
+        segs.append(Prepared(s.series, x, lab, s.y, s.times, g, v, t, base))
     return segs, scaler
+
+
+def _residual_features(ds: Dataset, cfg: TrainConfig, task: Task) -> list[int]:
+    """Feature index of each target when the network learns changes from the current value."""
+    if not cfg.residual or task.kind != "regress":
+        return []
+    missing = [t for t in ds.targets if t not in ds.features]
+    if missing:
+        raise TrainError(
+            f"--residual needs every target among the features; {missing[0]!r} is not"
+        )
+    return [ds.features.index(t) for t in ds.targets]
 
 
 def _safe_std(a: np.ndarray) -> np.ndarray:
@@ -275,7 +292,7 @@ def _fit_stateful(
     if not groups:
         raise TrainError("no training rows are left before the validation and test tails")
     val_idx = [origins(s, "val", cfg.horizon) for s in segs]
-    val_y = [shape_targets(targets_at(s.lab, ts, cfg.horizon), cfg.arch, task.categorical)
+    val_y = [shape_targets(s.labels(ts, cfg.horizon), cfg.arch, task.categorical)
              for s, ts in zip(segs, val_idx, strict=True)]
     # Validation warms each stream on `warm` rows before its first validation origin instead of
     # the whole history: an approximation that is only used to pick the epoch to keep.
@@ -342,7 +359,7 @@ def _fit_window(
             ts = origins(s, role, cfg.horizon, min_history=lb - 1)
             if len(ts):
                 xs.append(windows(s, ts, lb))
-                ys.append(shape_targets(targets_at(s.lab, ts, cfg.horizon), cfg.arch,
+                ys.append(shape_targets(s.labels(ts, cfg.horizon), cfg.arch,
                                         task.categorical))
         if not xs:
             return np.zeros((0, lb, shape.features), np.float32), np.zeros((0,))
@@ -376,10 +393,14 @@ def _fit_window(
     return model, history
 
 
-def _decode(task: Task, out: np.ndarray, n: int, horizon: int, scaler: Scaler) -> np.ndarray:
+def _decode(
+    task: Task, out: np.ndarray, n: int, horizon: int, scaler: Scaler, base: np.ndarray | None
+) -> np.ndarray:
     """Model outputs at n origins → [n, H, K] target units, or [n, H, C] probabilities."""
     if task.kind == "regress":
         y = out.reshape(n, horizon, -1)
+        if base is not None:
+            y = y + base[:, None, :]
         return y * np.asarray(scaler.y_scale) + np.asarray(scaler.y_mean)
     if task.kind == "binary":
         p = out.reshape(n, horizon)
@@ -409,7 +430,8 @@ def _evaluate(
     for s, ts, out in zip(segs, per_seg, raw, strict=True):
         if not len(ts):
             continue
-        preds.append(_decode(task, out, len(ts), h, scaler))
+        base = s.base[ts] if s.base is not None else None
+        preds.append(_decode(task, out, len(ts), h, scaler, base))
         actual.append(targets_at(s.raw_y if task.kind == "regress" else s.lab, ts, h))
         persist.append(np.repeat(s.raw_y[ts][:, None, :], h, axis=1))
         if cfg.season:

@@ -13,6 +13,8 @@ sequences, i.e. stateful mode):
 - classify, binary (threshold): ``[B, (steps,) H]`` sigmoid p(class 1);
 - classify, categorical: ``[B, (steps,) C]`` softmax (horizon 1).
 All in scaled units: features as ``(x - x_mean) / x_scale``, targets as ``y * y_scale + y_mean``.
+With ``residual: true`` (regression, every target also a feature) the network outputs the change
+from the current observation: ``y = out * y_scale + x[feature index of the target]`` in raw units.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class RunSpec:
     season: int | None = None
     batch_size: int = 64
     seed: int = 0
+    residual: bool = False
     data: dict[str, Any] = field(default_factory=dict)
     statecast_version: str = "0.1.0"
     format: int = 1
