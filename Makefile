@@ -39,7 +39,7 @@ test: $(STAMP) broker lint
 	CUDA_VISIBLE_DEVICES= TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest
 
 demo: $(STAMP) broker
-	CUDA_VISIBLE_DEVICES= TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m bench.demo
+	CUDA_VISIBLE_DEVICES= TF_CPP_MIN_LOG_LEVEL=2 $(PY) examples/demo.py
 
 bench: $(STAMP) broker
 	CUDA_VISIBLE_DEVICES= TF_CPP_MIN_LOG_LEVEL=2 $(PY) bench/bench_train.py

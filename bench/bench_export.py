@@ -3,13 +3,12 @@
     .venv/bin/python bench/bench_export.py [--repeats 3000]
 
 Prints a table of median per-step latency for a 2×64 LSTM with 4 features and a 1×16 one:
-the exported step graph (plain `session.run`, `StepModel.step`, and with IOBinding), the
+the exported step graph (plain `session.run`, `StepModel.step`, `StepModel.stream().step`
+with IOBinding), the
 alternative tf2onnx cell graph (not shipped; kept here to show why), Keras `model.predict` at
 batch 1 and a direct Keras call. Goal: ≤ 15 µs per step for 2×64 and ≥ 1000× faster than
 `model.predict`.
 """
-
-# ruff: noqa: PLC0415 -- TensorFlow/Keras/onnxruntime tools are imported lazily on purpose
 
 from __future__ import annotations
 
@@ -29,6 +28,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
+def interleaved_us(fns: dict[str, Callable[[], Any]], repeats: int,
+                   rounds: int = 10) -> dict[str, float]:
+    """Median µs per call of each function, measured in alternating rounds so that a busy
+    machine slows them all alike."""
+    samples: dict[str, list[int]] = {name: [] for name in fns}
+    for fn in fns.values():
+        for _ in range(50):
+            fn()
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(max(1, repeats // rounds)):
+                t0 = time.perf_counter_ns()
+                fn()
+                samples[name].append(time.perf_counter_ns() - t0)
+    return {name: float(np.median(v)) / 1e3 for name, v in samples.items()}
+
+
 def median_us(fn: Callable[[], Any], repeats: int, warmup: int = 20) -> float:
     for _ in range(warmup):
         fn()
@@ -40,7 +56,7 @@ def median_us(fn: Callable[[], Any], repeats: int, warmup: int = 20) -> float:
     return float(np.median(times)) / 1e3
 
 
-def onnx_plain(path: Path, repeats: int) -> float:
+def onnx_plain(path: Path) -> Callable[[], Any]:
     from edge.model import StepModel
 
     sm = StepModel(path)
@@ -55,10 +71,10 @@ def onnx_plain(path: Path, repeats: int) -> float:
         for name, value in zip(state_in, out[1:], strict=True):
             feeds[name] = value
 
-    return median_us(run, repeats)
+    return run
 
 
-def onnx_stepmodel(path: Path, repeats: int) -> float:
+def onnx_stepmodel(path: Path) -> Callable[[], Any]:
     from edge.model import StepModel
 
     sm = StepModel(path)
@@ -68,41 +84,20 @@ def onnx_stepmodel(path: Path, repeats: int) -> float:
     def run() -> None:
         _, box[0] = sm.step(x, box[0])
 
-    return median_us(run, repeats)
+    return run
 
 
-def onnx_iobinding(path: Path, repeats: int) -> float:
-    """State carried between two preallocated buffer sets bound once each (ping-pong)."""
-    import onnxruntime as ort
-
+def onnx_stream(path: Path) -> Callable[[], Any]:
+    """edge's `StepModel.stream()`: state kept in IOBinding buffers, bound once."""
     from edge.model import StepModel
 
     sm = StepModel(path)
-    m = sm.manifest
-    x = ort.OrtValue.ortvalue_from_numpy(np.ones((1, m.n_features), np.float32))
-    y = ort.OrtValue.ortvalue_from_numpy(
-        np.zeros(tuple(d or 1 for d in m.output_shape), np.float32))
-    bufs = [[ort.OrtValue.ortvalue_from_numpy(np.zeros(s.shape, np.float32)) for s in m.state]
-            for _ in range(2)]
-    bindings = []
-    for k in range(2):
-        io = sm.session.io_binding()
-        io.bind_ortvalue_input(m.input, x)
-        io.bind_ortvalue_output(m.output, y)
-        for s, src, dst in zip(m.state, bufs[k], bufs[1 - k], strict=True):
-            io.bind_ortvalue_input(s.input, src)
-            io.bind_ortvalue_output(s.output, dst)
-        bindings.append(io)
-    i = [0]
-
-    def run() -> None:
-        sm.session.run_with_iobinding(bindings[i[0]])
-        i[0] ^= 1
-
-    return median_us(run, repeats)
+    stream = sm.stream()
+    x = np.ones(sm.manifest.n_features, np.float32)
+    return lambda: stream.step(x)
 
 
-def tf2onnx_cell_graph(model: Any, folder: Path, repeats: int) -> float:
+def tf2onnx_cell_graph(model: Any, folder: Path) -> Callable[[], Any]:
     """The alternative: a step function from each layer's cell, converted with tf2onnx."""
     import onnxruntime as ort
     import tensorflow as tf
@@ -132,7 +127,7 @@ def tf2onnx_cell_graph(model: Any, folder: Path, repeats: int) -> float:
     sess = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
     feeds = {i.name: np.zeros([1 if not isinstance(d, int) else d for d in i.shape], np.float32)
              for i in sess.get_inputs()}
-    return median_us(lambda: sess.run(None, feeds), repeats)
+    return lambda: sess.run(None, feeds)
 
 
 def keras_times(model: Any, n_feat: int, repeats: int) -> tuple[float, float]:
@@ -165,14 +160,16 @@ def main() -> None:
             src = em.save(model, folder, name)
             out = folder / f"{name}.onnx"
             export_model(src, out)
-            plain = onnx_plain(out, args.repeats)
-            stepm = onnx_stepmodel(out, args.repeats)
-            iob = onnx_iobinding(out, args.repeats)
-            cell = (float("nan") if args.no_tf2onnx
-                    else tf2onnx_cell_graph(model, folder, args.repeats))
+            fns = {"run": onnx_plain(out), "step": onnx_stepmodel(out),
+                   "stream": onnx_stream(out)}
+            if not args.no_tf2onnx:
+                fns["cell"] = tf2onnx_cell_graph(model, folder)
+            t = interleaved_us(fns, args.repeats)
+            plain, stepm, iob = t["run"], t["step"], t["stream"]
+            cell = t.get("cell", float("nan"))
             predict, call = keras_times(model, 4, args.repeats)
             rows.append((name, plain, stepm, iob, cell, predict, call, out.stat().st_size))
-    head = (f"{'model':6} {'run µs':>8} {'step() µs':>10} {'iobind µs':>10} {'tf2onnx µs':>11} "
+    head = (f"{'model':6} {'run µs':>8} {'step() µs':>10} {'stream µs':>10} {'tf2onnx µs':>11} "
             f"{'predict µs':>11} {'call µs':>9} {'predict/run':>12} {'.onnx KiB':>10}")
     print(head)
     print("-" * len(head))
@@ -180,7 +177,8 @@ def main() -> None:
         print(f"{name:6} {plain:8.1f} {stepm:10.1f} {iob:10.1f} {cell:11.1f} {predict:11.0f} "
               f"{call:9.0f} {predict / plain:11.0f}× {size / 1024:10.1f}")
     print("run: the shipped fused-LSTM step graph, session.run with state fed back; step(): "
-          "edge StepModel.step; iobind: the same graph with IOBinding; tf2onnx: the per-cell "
+          "edge StepModel.step; stream: edge StepModel.stream().step (IOBinding); tf2onnx: "
+          "the per-cell "
           "graph from tf2onnx (alternative, not shipped); predict/call: Keras at batch 1, "
           "one step. All one thread, medians.")
 

@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--publish", metavar="TEMPLATE", help="prediction topic (default forecasts/{stream})")
     add("--errors", metavar="TEMPLATE", help="error topic (default statecast/errors/{stream})")
     add("--state-dir", metavar="DIR", help="checkpoint stream states here and restore them")
-    add("--client-id", metavar="ID", help="stable MQTT client id (default statecast-edge-HOST)")
+    add("--client-id", metavar="ID", help="stable MQTT client id (default "
+        "statecast-edge-HOST-HASH, the hash of --subscribe and --publish)")
     add("--qos", type=int, choices=(0, 1), help="QoS of subscriptions and publications (default 1)")
     add("--config", metavar="FILE.toml", help="settings file; flags override it")
     add("--check-config", action="store_true",

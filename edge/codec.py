@@ -42,6 +42,8 @@ TRUNCATE = 200
 # Above this a numeric timestamp is read as milliseconds (1e11 s is the year 5138; 1e11 ms 1973),
 # so epoch milliseconds before 1973-03-03 are misread as seconds.
 MS_THRESHOLD = 1e11
+F32_MAX = float(np.finfo(np.float32).max)
+AT_CACHE = 4096
 
 _FREQ_RE = re.compile(r"^\s*([0-9]*\.?[0-9]*)\s*([A-Za-z]+)\s*$")
 _FREQ_UNITS: dict[str, float] = {
@@ -185,15 +187,14 @@ class Decoder:
         else:
             raise PayloadError("not_an_object", "payload is not a JSON object")
         for name, v in zip(names, raw_values, strict=True):
-            if not _is_number(v):
+            kind = type(v)
+            if kind is not float and kind is not int and not _is_number(v):
                 raise PayloadError("not_numeric", f"field {name!r} is not a number")
-        values = np.array(raw_values, dtype=np.float64)
-        if not np.isfinite(values).all():
-            raise PayloadError("not_finite", "a field is NaN or infinite")
-        with np.errstate(over="ignore"):
-            values32 = values.astype(np.float32)
-        if not np.isfinite(values32).all():
-            raise PayloadError("not_finite", "a field overflows float32")
+            if kind is float and not math.isfinite(v):
+                raise PayloadError("not_finite", f"field {name!r} is NaN or infinite")
+            if not -F32_MAX <= v <= F32_MAX:
+                raise PayloadError("not_finite", f"field {name!r} overflows float32")
+        values32 = np.array(raw_values, dtype=np.float32)
         return Observation(ts_raw, ts, epoch(ts), values32, stream)
 
 
@@ -226,6 +227,9 @@ class Encoder:
         self.classes = list(manifest.classes) if manifest.classes else None
         self.targets = list(manifest.targets)
         self.steps = [freq * k for k in range(1, self.horizon + 1)] if freq else None
+        self._model_json = json.dumps(self.model_id)
+        self._at_json: dict[datetime, str] = {}
+        self._stream_json: dict[str, str] = {}
 
     def at(self, ts: datetime) -> list[str] | None:
         if self.steps is None:
@@ -235,11 +239,33 @@ class Encoder:
         except OverflowError:
             return None
 
+    def _at_fragment(self, ts: datetime) -> str:
+        """`at` as JSON text, cached by timestamp (streams of a fleet share their timestamps)."""
+        text = self._at_json.get(ts)
+        if text is None:
+            text = json.dumps(self.at(ts), separators=(",", ":"))
+            if len(self._at_json) >= AT_CACHE:
+                self._at_json.clear()
+            self._at_json[ts] = text
+        return text
+
     def prediction(self, stream: str, obs: Observation, y: np.ndarray) -> bytes:
         """`y` is the graph output for one stream (batch dimension included or not)."""
         y = np.asarray(y)
         if y.shape and y.shape[0] == 1 and y.ndim > 1:
             y = y[0]
+        if self.classes is None and (y.ndim < 2 or len(self.targets) <= 1):
+            # the common case, assembled from cached fragments
+            sj = self._stream_json.get(stream)
+            if sj is None:
+                sj = json.dumps(stream)
+                if len(self._stream_json) < 100_000:
+                    self._stream_json[stream] = sj
+            forecast = json.dumps(y.reshape(-1).tolist(), separators=(",", ":"))
+            return (
+                f'{{"stream":{sj},"ts":{json.dumps(obs.ts_raw)},"forecast":{forecast},'
+                f'"at":{self._at_fragment(obs.ts)},"model":{self._model_json}}}'
+            ).encode()
         doc: dict[str, Any] = {"stream": stream, "ts": obs.ts_raw}
         if self.classes is not None:
             probs = y.reshape(self.horizon, len(self.classes))

@@ -22,6 +22,7 @@ An example `edge.toml` (keys are the long flag names, with `-` or `_`)::
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from collections.abc import Mapping
@@ -82,9 +83,13 @@ class BrokerURL:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
-def default_client_id() -> str:
+def default_client_id(subscribe: tuple[str, ...] = (), publish: str = "") -> str:
+    """`statecast-edge-HOST-XXXXXXXX`, the suffix a hash of the subscriptions and the publish
+    template: stable across restarts and model upgrades (so the persistent session is found
+    again), distinct for daemons on one host that do different jobs."""
     host = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname())
-    return f"statecast-edge-{host or 'host'}"
+    digest = hashlib.sha1("\n".join([*subscribe, publish]).encode()).hexdigest()[:8]
+    return f"statecast-edge-{host[:40] or 'host'}-{digest}"
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,7 @@ class EdgeConfig:
     publish: str = "forecasts/{stream}"
     errors: str = "statecast/errors/{stream}"
     status: str = "statecast/status/{client_id}"
-    client_id: str = field(default_factory=default_client_id)
+    client_id: str = ""  # default: default_client_id(subscribe, publish)
     qos: int = 1
     mqtt_version: str = "3.1.1"
     keepalive: int = 30
@@ -136,6 +141,8 @@ class EdgeConfig:
         check_template(self.errors, "errors")
         check_template(self.status, "status")
         self.broker_url  # noqa: B018 - validates
+        if not self.client_id:
+            object.__setattr__(self, "client_id", default_client_id(self.subscribe, self.publish))
         if not self.client_id or len(self.client_id) > 128 or any(
             c in self.client_id for c in "/+#\x00 "
         ):

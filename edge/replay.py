@@ -15,7 +15,6 @@ import math
 import os
 import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
@@ -181,19 +180,26 @@ def encode_ts(ts: datetime, how: str) -> Any:
 
 
 class Publisher:
-    """A paho client with a bounded window of unacknowledged QoS 1 messages."""
+    """A single-threaded paho client with a bounded window of unacknowledged QoS 1 messages.
+
+    No network thread: `publish` writes to the socket directly and the acknowledgements are read
+    here whenever the window is full (or every few messages), which avoids GIL hand-offs.
+    """
+
+    POLL_EVERY = 32
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.url = BrokerURL.parse(args.broker)
         self.qos = args.qos
-        self.window_size = max(1, args.window)
-        self.window = threading.BoundedSemaphore(self.window_size)
-        self.connected = threading.Event()
+        self.window = max(1, args.window)
+        self.outstanding = 0
+        self.connected = False
         self.failed: str | None = None
+        self._since_poll = 0
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=args.client_id, protocol=mqtt.MQTTv311
         )
-        client.max_inflight_messages_set(max(1, args.window))
+        client.max_inflight_messages_set(self.window)
         client.max_queued_messages_set(0)
         username = args.username or self.url.username
         if username:
@@ -213,39 +219,50 @@ class Publisher:
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
             self.failed = str(reason)
-        else:
-            sock = client.socket()
-            if isinstance(sock, socket.socket):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.connected.set()
+            return
+        sock = client.socket()
+        if isinstance(sock, socket.socket):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.connected = True
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         if self.qos > 0:
-            self.window.release()
+            self.outstanding -= 1
+
+    def _loop(self, timeout: float) -> None:
+        rc = self.client.loop(timeout)
+        if rc != mqtt.MQTT_ERR_SUCCESS:
+            raise ConnectionError(f"lost the connection to {self.url} ({mqtt.error_string(rc)})")
 
     def connect(self, timeout: float = 10.0) -> None:
         try:
             self.client.connect(self.url.host, self.url.port, keepalive=30)
         except OSError as exc:
             raise ConnectionError(f"cannot reach {self.url} ({exc})") from None
-        self.client.loop_start()
-        if not self.connected.wait(timeout) or self.failed:
+        deadline = time.monotonic() + timeout
+        while not self.connected and not self.failed and time.monotonic() < deadline:
+            self._loop(0.1)
+        if not self.connected:
             raise ConnectionError(f"{self.url} did not accept the connection ({self.failed})")
 
     def publish(self, topic: str, payload: bytes) -> None:
+        while self.qos > 0 and self.outstanding >= self.window:
+            self._loop(1.0)
+        info = self.client.publish(topic, payload, qos=self.qos)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise ConnectionError(f"publishing failed ({mqtt.error_string(info.rc)})")
         if self.qos > 0:
-            self.window.acquire()
-        self.client.publish(topic, payload, qos=self.qos)
+            self.outstanding += 1
+        self._since_poll += 1
+        if self._since_poll >= self.POLL_EVERY:
+            self._since_poll = 0
+            self._loop(0.0)
 
     def close(self, timeout: float = 30.0) -> None:
-        if self.qos > 0:
-            deadline = time.monotonic() + timeout
-            taken = 0
-            while taken < self.window_size and time.monotonic() < deadline:
-                if self.window.acquire(timeout=0.1):
-                    taken += 1
+        deadline = time.monotonic() + timeout
+        while self.outstanding > 0 and time.monotonic() < deadline:
+            self._loop(0.1)
         self.client.disconnect()
-        self.client.loop_stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -290,6 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdgeError as exc:
         pub.close()
         parser.exit(2, f"statecast-replay: error: {exc}\n")
+    except ConnectionError as exc:
+        parser.exit(1, f"statecast-replay: error: {exc}\n")
     except KeyboardInterrupt:
         pass
     pub.close()

@@ -229,14 +229,19 @@ class Service:
         self.worker = threading.Thread(target=self._work, name="statecast-worker", daemon=True)
         self.metrics_server: MetricsServer | None = None
         self._last_checkpoint = time.monotonic()
+        self._status_counts = (0, 0)
 
-    def _status(self, status: str) -> bytes:
+    def _status(self, status: str, streams: int = 0, warming: int = 0) -> bytes:
+        """The retained status: online/offline, the live model, and how many streams there are
+        (and how many window streams are still warming up)."""
         return json.dumps(
             {
                 "status": status,
                 "model": self.manifest.model_id,
                 "client_id": self.config.client_id,
                 "subscribe": list(self.config.subscribe),
+                "streams": streams,
+                "warming": warming,
             }
         ).encode()
 
@@ -334,6 +339,11 @@ class Service:
         store = self.processor.store
         self.metrics.streams = len(store)
         self.metrics.warming = store.warming() if store.lookback is not None else 0
+        counts = (self.metrics.streams, self.metrics.warming)
+        if counts != self._status_counts and self.transport.connected.is_set():
+            self._status_counts = counts
+            self.transport.online = self._status("online", *counts)
+            self.transport.publish(self.status_topic, self.transport.online, 1, retain=True)
 
     def _maybe_checkpoint(self, force: bool = False) -> None:
         store = self.processor.store

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edge import __version__
+from edge import EdgeError, __version__
 from edge.manifest import METADATA_KEY, Manifest, StateSpec
 from edge.model import StepModel
 from export.convert import (
@@ -184,7 +184,12 @@ def export_model(
         onnx.save(proto, str(path))
         if verify:
             check_onnx(proto)
-            parity = _verify(path, src, built, kind=kind, lookback=look, precision=precision)
+            try:
+                parity = _verify(path, src, built, kind=kind, lookback=look,
+                                 precision=precision)
+            except EdgeError as exc:
+                raise ExportError(f"the exported graph fails edge's checks ({exc})",
+                                  status=1) from None
             log(f"parity vs Keras ({precision}, {parity.compared} predictions): max abs error "
                 f"{parity.max_abs:.3g} (tolerance {parity.tolerance:.3g})")
             if not parity.ok:

@@ -1,7 +1,5 @@
 """`statecast-export`: turn a run folder or Keras model into a verified batch-1 ONNX graph."""
 
-# ruff: noqa: PLC0415 -- TensorFlow/Keras/onnxruntime tools are imported lazily on purpose
-
 from __future__ import annotations
 
 import argparse

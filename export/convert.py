@@ -1,10 +1,9 @@
 """Assemble the ONNX model: inputs, layers, output layout, precision and the manifest."""
 
-# ruff: noqa: PLC0415 -- TensorFlow/Keras/onnxruntime tools are imported lazily on purpose
-
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -235,7 +234,11 @@ def apply_precision(proto: onnx.ModelProto, precision: str) -> onnx.ModelProto:
         with tempfile.TemporaryDirectory() as tmp:
             src, dst = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
             onnx.save(proto, src)
-            quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+            logging.disable(logging.WARNING)  # its advice to pre-process is for CNNs
+            try:
+                quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+            finally:
+                logging.disable(logging.NOTSET)
             return onnx.load(dst)
     raise ExportError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
 

@@ -13,7 +13,9 @@ Tensors are kept time-major (``[T, B, D]``) inside the graph, as ONNX's LSTM wan
 walker tracks what the time axis means: the encoder's time (``enc``; length 1 in a step graph),
 a decoder's time (``dec``, after a RepeatVector) or none (``none``; a dummy axis of length 1).
 The input scaler is folded into the first layer's weights where it can be; the output scaler
-into the last Dense's.
+into the last Dense's. A Masking layer in a step graph makes every stateful LSTM keep its state
+(and so repeat its last output) when all features of an observation equal the mask value, as
+Keras does; in a window graph it is ignored (a window holds real observations only).
 """
 
 from __future__ import annotations
@@ -167,6 +169,23 @@ class GraphWalker:
         self.y_affine = y_affine
         self.y_folded = False
         self.opset = opset
+        self.keep: str | None = None  # bool [1, B, 1]: this observation is not masked
+
+    def masking(self, layer: Any, t: Tensor) -> None:
+        """Keras skips a step whose features all equal `mask_value`: the LSTMs keep their state
+        and repeat their last output. Compute `keep` so each stateful LSTM can do the same."""
+        b = self.b
+        value = np.full(t.width, float(layer.mask_value))
+        if self.pending_in is not None:  # x is still in raw units here
+            value = value * self.pending_in.scale + self.pending_in.mean
+        diff = b.op1("Abs", [b.op1("Sub", [t.name, b.const("mask_value", value)], layer.name)],
+                     layer.name)
+        if self.opset >= 18:
+            biggest = b.op1("ReduceMax", [diff, b.const("axes_last", [-1], np.int64)],
+                            layer.name, keepdims=1)
+        else:
+            biggest = b.op1("ReduceMax", [diff], layer.name, axes=[-1], keepdims=1)
+        self.keep = b.op1("Greater", [biggest, b.const("zero", 0.0)], layer.name)
 
     # -- helpers -------------------------------------------------------------------------------
     def _fold_input(self, kernel: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -223,6 +242,9 @@ class GraphWalker:
 
     def layer(self, layer: Any, t: Tensor, is_last: bool = False) -> Tensor:
         kind = type(layer).__name__
+        if kind == "Masking" and self.b.kind == "step" and t.axis0 == "enc" and not t.outer:
+            self.masking(layer, t)
+            return t
         if kind in IDENTITY_LAYERS:
             return t
         if kind in ("Sequential", "Functional"):
@@ -343,6 +365,9 @@ class GraphWalker:
             _, y_h, y_c = b.op("LSTM", ins, layer.name, outputs=["", b.fresh(f"{layer.name}_h"),
                                                                  b.fresh(f"{layer.name}_c")],
                                **attrs)
+            if self.keep is not None:  # a masked observation leaves the state as it was
+                y_h = b.op1("Where", [self.keep, y_h, ins[5]], layer.name)
+                y_c = b.op1("Where", [self.keep, y_c, ins[6]], layer.name)
             b.op("Squeeze", [y_h, axes], layer.name, outputs=[f"h_{i}_out"])
             b.op("Squeeze", [y_c, axes], layer.name, outputs=[f"c_{i}_out"])
             b.states.append(State(h_in, f"h_{i}_out", units))

@@ -1,7 +1,5 @@
 """Read what to export: a `statecast-train` run folder or a Keras model file."""
 
-# ruff: noqa: PLC0415 -- TensorFlow/Keras/onnxruntime tools are imported lazily on purpose
-
 from __future__ import annotations
 
 import json

@@ -1,7 +1,5 @@
 """Proof before writing: onnx.checker, then the graph stepped in onnxruntime against Keras."""
 
-# ruff: noqa: PLC0415 -- TensorFlow/Keras/onnxruntime tools are imported lazily on purpose
-
 from __future__ import annotations
 
 from dataclasses import dataclass

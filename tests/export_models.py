@@ -3,8 +3,6 @@
 Weights are drawn at random (biases too) so a wrong gate order or a dropped bias shows up.
 """
 
-# ruff: noqa: PLC0415 -- TensorFlow/Keras/onnxruntime tools are imported lazily on purpose
-
 from __future__ import annotations
 
 import os

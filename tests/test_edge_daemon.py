@@ -147,9 +147,10 @@ def test_bad_input_is_reported_and_harmless(
     assert d.log().count("Dropped a message") == 1  # at most once per stream per minute
 
 
+@pytest.mark.parametrize("version", ["3.1.1", "5"])
 def test_restart_continues_exactly(
     broker: Mosquitto, models: dict[str, Path], tmp_path: Path, daemon_factory: Any,
-    collector_factory: Any,
+    collector_factory: Any, version: str,
 ) -> None:
     """SIGTERM (offline + checkpoint), messages sent while down arrive (persistent session),
     then kill -9 after a quiet second: the forecasts are those of one uninterrupted run."""
@@ -160,7 +161,8 @@ def test_restart_continues_exactly(
     with data.open("w", newline="") as fh:
         csv.writer(fh).writerows([("date", "temp"), *rows])
     col = collector_factory(broker, [f"{cid}-out/#", f"{cid}-err/#", f"statecast/status/{cid}"])
-    args = daemon_args(models["step"], broker, cid, "--state-dir", str(state))
+    args = daemon_args(models["step"], broker, cid, "--state-dir", str(state),
+                       "--mqtt-version", version)
     topic = f"{cid}/{{stream}}/temp"
     common = ("--time-col", "date", "--stream", "s")
 

@@ -157,3 +157,19 @@ def test_manifest_round_trip_and_validation() -> None:
         Manifest.from_json("{")
     with pytest.raises(EdgeError, match="incomplete or malformed"):
         Manifest.from_json('{"kind": "step"}')
+
+
+def test_stream_matches_step_and_checkpoints(toy: Path) -> None:
+    sm = StepModel(toy)
+    xs = np.random.default_rng(4).normal(size=(6, F)).astype(np.float32)
+    stream = sm.stream()
+    ys = np.stack([stream.step(x)[0] for x in xs])
+    ref, state = sm.run_sequence(xs)
+    np.testing.assert_allclose(ys, ref, rtol=1e-6)
+    for got, want in zip(stream.state, state, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    again = sm.stream(stream.state)  # resume from a checkpoint
+    nxt = np.array([0.1, 0.2], np.float32)
+    np.testing.assert_allclose(again.step(nxt), sm.step(nxt, state)[0], rtol=1e-6)
+    stream.reset()
+    np.testing.assert_allclose(stream.step(xs[0]), ref[:1], rtol=1e-6)

@@ -1,7 +1,5 @@
 """statecast-export's command line: exit statuses, one-sentence refusals, nothing half-written."""
 
-# ruff: noqa: PLC0415 -- TensorFlow/Keras/onnxruntime tools are imported lazily on purpose
-
 from __future__ import annotations
 
 import subprocess
@@ -14,6 +12,7 @@ import pytest
 from export.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:keras")
 
 
 def refused(capsys: pytest.CaptureFixture[str], argv: list[str], status: int = 2) -> str:

@@ -3,8 +3,6 @@
 Every reference here is computed by Keras in this file, never by the exporter.
 """
 
-# ruff: noqa: PLC0415 -- TensorFlow/Keras/onnxruntime tools are imported lazily on purpose
-
 from __future__ import annotations
 
 import json
@@ -20,7 +18,8 @@ import pytest
 
 from edge import METADATA_KEY, Manifest, StepModel
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow,
+              pytest.mark.filterwarnings("ignore::DeprecationWarning:keras")]
 
 
 def prefixes(model: Any, xs: np.ndarray) -> np.ndarray:
@@ -205,3 +204,27 @@ def test_dynamic_batch_steps_many_streams(tmp_path: Path) -> None:
         y, state = sm.step_many(streams[:, t], state)
     ref = em.to_numpy(model(streams, training=False))  # each stream from zero state
     np.testing.assert_allclose(y, ref, atol=1e-5)
+
+
+def test_masked_observations_keep_the_state_like_keras(exported: Any) -> None:
+    model, path, _ = exported["many_to_many"]  # Masking(mask_value=-999) in front
+    xs = em.sequence(seed=13)
+    xs[[3, 4, 9]] = -999.0  # whole observations masked
+    xs[6, 0] = -999.0  # one feature only: not masked
+    ref = em.to_numpy(model(xs[None], training=False))[0]
+    ys, _ = StepModel(path).run_sequence(xs)
+    np.testing.assert_allclose(ys, ref, atol=1e-5)
+    np.testing.assert_allclose(ys[4], ys[2], atol=1e-6)  # a masked step repeats the last answer
+
+
+def test_legacy_h5_file(tmp_path: Path) -> None:
+    from export import export_model
+
+    model = em.randomize(em.relu_vanilla(), seed=14)
+    src = tmp_path / "tutorial.h5"
+    model.save(src)
+    m = export_model(src, tmp_path / "h5.onnx")
+    xs = em.sequence(seed=15, length=6)
+    ys, _ = StepModel(tmp_path / "h5.onnx").run_sequence(xs)
+    np.testing.assert_allclose(ys[-1], em.to_numpy(model(xs[None]))[0], atol=1e-5)
+    assert m.source["type"] == "keras"

@@ -4,8 +4,6 @@ Run folders are made with the trainer's own model builder and random weights (se
 `export_models.make_run`); one test trains a real run with statecast-train.
 """
 
-# ruff: noqa: PLC0415 -- TensorFlow/Keras/onnxruntime tools are imported lazily on purpose
-
 from __future__ import annotations
 
 import json
@@ -19,7 +17,8 @@ import pytest
 from edge import Manifest, StepModel
 from trainer.spec import RunSpec
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow,
+              pytest.mark.filterwarnings("ignore::DeprecationWarning:keras")]
 
 RUNS: dict[str, dict[str, Any]] = {
     "lstm_stateful_multi": dict(arch="lstm", mode="stateful", layers=2, horizon=2,
@@ -128,6 +127,20 @@ def test_kind_step_forces_a_step_graph_for_a_window_run(runs: Any, name: str,
                                                       training=False)))
         ys, _ = sm.run_sequence(window)
         np.testing.assert_allclose(ys[-1:], ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["encdec_stateful", "lstm_stateful_multi"])
+def test_kind_window_for_a_stateful_run(runs: Any, name: str, tmp_path: Path) -> None:
+    run, model, spec = runs[name]
+    path, manifest = export(run, tmp_path, kind="window")
+    assert manifest.kind == "window" and manifest.lookback == spec.lookback
+    xs = tail(run)
+    windows = np.stack([xs[i : i + spec.lookback] for i in range(0, 12, 4)])
+    out = em.to_numpy(model(scaled(spec, windows), training=False))[:, -1]  # newest step
+    ref = to_target_units(spec, out)
+    sm = StepModel(path)
+    ys = np.stack([sm.step(w, [])[0][0] for w in windows])
+    np.testing.assert_allclose(ys, ref, atol=1e-4)
 
 
 def test_bilstm_run_refuses_a_step_graph(runs: Any, tmp_path: Path) -> None:

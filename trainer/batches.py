@@ -97,12 +97,15 @@ def stateful_groups(
     horizon: int,
     arch: str,
     categorical: bool,
+    burn_in: int = 0,
 ) -> list[StreamGroup]:
     """Cut the training rows into contiguous streams, `batch_size` per group.
 
     Long segments are chunked so that every batch row carries one stream; each stream keeps its
     own state from batch to batch. Streams shorter than the group are padded at the end with
-    weight 0, so padding never trains the model.
+    weight 0, so padding never trains the model. A chunk that starts inside a segment first
+    replays the `burn_in` rows before it with weight 0, so no origin is learned from an
+    artificially cold state; every training origin still carries weight exactly once.
     """
     pieces: list[tuple[Prepared, int, int, np.ndarray]] = []
     total = 0
@@ -122,7 +125,7 @@ def stateful_groups(
         k = math.ceil(n / chunk)
         bounds = np.linspace(start, stop, k + 1).round().astype(int)
         for a, b in itertools.pairwise(bounds):
-            streams.append((seg, int(a), int(b), ts[(ts >= a) & (ts < b)]))
+            streams.append((seg, max(0, int(a) - burn_in), int(b), ts[(ts >= a) & (ts < b)]))
     length = max(b - a for _, a, b, _ in streams)
     length = math.ceil(length / lookback) * lookback
     feat = segs[0].x.shape[1]

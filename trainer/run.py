@@ -288,7 +288,8 @@ def _fit_stateful(
     trainer_model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate, clipnorm=1.0),
                           loss=task.loss())
     infer = build_model(shape, sequences=True)
-    groups = stateful_groups(segs, batch, lb, cfg.horizon, cfg.arch, task.categorical)
+    groups = stateful_groups(segs, batch, lb, cfg.horizon, cfg.arch, task.categorical,
+                             burn_in=lb)
     if not groups:
         raise TrainError("no training rows are left before the validation and test tails")
     val_idx = [origins(s, "val", cfg.horizon) for s in segs]

@@ -1,0 +1,212 @@
+"""The statecast demo: train → export → broker + edge daemon → live forecasts, in about 2 minutes.
+
+1. trains a small stateful LSTM on the Seattle hourly temperatures (6-hour horizon);
+2. exports it to a batch-1 ONNX step graph, proven against Keras;
+3. starts mosquitto on a free loopback port and `statecast-edge` against it;
+4. replays a week before the held-out tail quickly (to warm the stream's state), then the last
+   weeks at a visible pace, printing one line per forecast the daemon publishes;
+5. writes demo-out/forecast.png and stops everything.
+
+    python examples/demo.py [--out demo-out] [--weeks 2] [--rate 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import queue
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.broker import Mosquitto, find_mosquitto  # noqa: E402
+
+DATA = ROOT / "examples/data/seattle-temps.csv"
+BIN = Path(sys.executable).parent
+CLIENT_ID = "statecast-demo"
+
+
+def step(title: str) -> None:
+    print(f"\n=== {title}", flush=True)
+
+
+def run(cmd: list[str]) -> None:
+    print("$ " + " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, check=False)
+    if proc.returncode != 0:
+        sys.exit(f"demo: '{cmd[0]}' failed with status {proc.returncode}")
+
+
+def read_series() -> tuple[list[datetime], list[float]]:
+    with open(DATA, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return ([datetime.strptime(r["date"], "%Y/%m/%d %H:%M") for r in rows],
+            [float(r["temp"]) for r in rows])
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=ROOT / "demo-out")
+    p.add_argument("--weeks", type=int, default=2, help="held-out weeks replayed live")
+    p.add_argument("--rate", type=float, default=40.0, help="live messages per second")
+    p.add_argument("--epochs", type=int, default=40)
+    args = p.parse_args()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    run_dir, model = out / "run", out / "temps.onnx"
+
+    step("1/4 train a stateful LSTM at batch 64 (statecast-train)")
+    run([str(BIN / "statecast-train"), "--data", str(DATA), "--time-col", "date",
+         "--target", "temp", "--horizon", "6", "--season", "24", "--epochs", str(args.epochs),
+         "--out", str(run_dir)])
+
+    step("2/4 export a batch-1 ONNX step graph with explicit state (statecast-export)")
+    run([str(BIN / "statecast-export"), str(run_dir), "--out", str(model)])
+
+    step("3/4 start mosquitto and the edge daemon (statecast-edge)")
+    binary = find_mosquitto()
+    if binary is None:
+        print("demo: mosquitto is not installed; run 'sudo apt-get install mosquitto' "
+              "(or 'make demo' as root)", file=sys.stderr)
+        return 2
+    broker = Mosquitto(binary, out / "broker")
+    broker.start()
+    daemon = subprocess.Popen([
+        str(BIN / "statecast-edge"), "--model", str(model), "--broker", broker.url,
+        "--subscribe", "sensors/+/temp", "--publish", "forecasts/{stream}",
+        "--client-id", CLIENT_ID, "--state-dir", str(out / "state"), "--qos", "1",
+    ])
+    inbox: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="statecast-demo-viewer")
+    sub.on_connect = lambda c, *_: c.subscribe(
+        [("forecasts/#", 1), ("statecast/errors/#", 1), (f"statecast/status/{CLIENT_ID}", 1)])
+    sub.on_message = lambda _c, _u, m: inbox.put((m.topic, json.loads(m.payload or b"null")))
+    sub.connect(broker.host, broker.port)
+    sub.loop_start()
+    try:
+        return _live(args, broker.url, inbox, out)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(15)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+        sub.loop_stop()
+        sub.disconnect()
+        broker.stop()
+
+
+def _live(args: argparse.Namespace, url: str, inbox: queue.Queue[tuple[str, dict[str, Any]]],
+          out: Path) -> int:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            topic, msg = inbox.get(timeout=1)
+        except queue.Empty:
+            continue
+        if topic.startswith("statecast/status/") and isinstance(msg, dict) and \
+                msg.get("status") == "online":
+            print(f"daemon online, model {str(msg.get('model', ''))[:12]}", flush=True)
+            break
+    else:
+        print("demo: the daemon did not come online within 30 s", file=sys.stderr)
+        return 1
+    times, temps = read_series()
+    live = 24 * 7 * args.weeks
+    start = len(times) - live
+    warm = 24 * 7
+    replay = [str(BIN / "statecast-replay"), "--data", str(DATA), "--time-col", "date",
+              "--broker", url, "--topic", "sensors/{stream}/temp", "--stream", "seattle",
+              "--features", "temp", "--quiet"]
+    step(f"4/4 replay: {warm} warm-up hours fast, then the last {live} hours live")
+    run([*replay, "--skip", str(start - warm), "--count", str(warm), "--rate", "2000"])
+    _drain(inbox, warm, 30)
+    actual = dict(zip(times, temps, strict=True))
+    feeder = subprocess.Popen([*replay, "--skip", str(start), "--count", str(live),
+                               "--rate", str(args.rate)])
+    print(f"{'observation time':<19} {'actual':>7} {'+1h':>7} {'+6h':>7} "
+          f"{'MAE +1h':>8} {'persist.':>8}")
+    pending: dict[datetime, float] = {}
+    errs: list[float] = []
+    base: list[float] = []
+    rows: list[tuple[datetime, float, list[float]]] = []
+    got, errors = 0, 0
+    deadline = time.monotonic() + live / args.rate + 60
+    while got < live and time.monotonic() < deadline:
+        try:
+            topic, msg = inbox.get(timeout=1)
+        except queue.Empty:
+            continue
+        if topic.startswith("statecast/errors/"):
+            errors += 1
+            print(f"error: {msg}")
+            continue
+        if not topic.startswith("forecasts/"):
+            continue
+        got += 1
+        ts = datetime.fromisoformat(msg["ts"])
+        now = actual[ts]
+        if ts in pending:
+            errs.append(abs(pending.pop(ts) - now))
+            prev = actual.get(ts.replace() - (times[1] - times[0]))
+            if prev is not None:
+                base.append(abs(prev - now))
+        fc = [float(v) for v in msg["forecast"]]
+        pending[datetime.fromisoformat(msg["at"][0])] = fc[0]
+        rows.append((ts, now, fc))
+        mae = sum(errs) / len(errs) if errs else float("nan")
+        pmae = sum(base) / len(base) if base else float("nan")
+        print(f"{ts:%Y-%m-%d %H:%M}    {now:7.1f} {fc[0]:7.1f} {fc[-1]:7.1f} {mae:8.2f} "
+              f"{pmae:8.2f}", flush=True)
+    feeder.wait(30)
+    print(f"\n{got} forecasts for {live} observations, {errors} errors; "
+          f"MAE at +1 h {sum(errs) / max(len(errs), 1):.2f} °F vs persistence "
+          f"{sum(base) / max(len(base), 1):.2f} °F")
+    _plot(rows, actual, out / "forecast.png")
+    print(f"plot: {out / 'forecast.png'}")
+    return 0 if got == live and errors == 0 else 1
+
+
+def _drain(inbox: queue.Queue[tuple[str, dict[str, Any]]], n: int, timeout: float) -> None:
+    got, deadline = 0, time.monotonic() + timeout
+    while got < n and time.monotonic() < deadline:
+        try:
+            topic, _ = inbox.get(timeout=1)
+        except queue.Empty:
+            continue
+        got += topic.startswith("forecasts/")
+
+
+def _plot(rows: list[tuple[datetime, float, list[float]]], actual: dict[datetime, float],
+          path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    step_td = rows[1][0] - rows[0][0]
+    fig, ax = plt.subplots(figsize=(12, 4.5), constrained_layout=True)
+    ax.plot([r[0] for r in rows], [r[1] for r in rows], color="black", lw=1.3, label="actual")
+    for h, colour in ((0, "tab:blue"), (len(rows[0][2]) - 1, "tab:orange")):
+        ax.plot([r[0] + step_td * (h + 1) for r in rows], [r[2][h] for r in rows], lw=1,
+                color=colour, label=f"forecast made {h + 1} h earlier")
+    ax.set_ylabel("°F")
+    ax.set_title("statecast-edge forecasts over MQTT, Seattle hourly temperature (held-out weeks)")
+    ax.legend()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
