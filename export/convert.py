@@ -34,6 +34,7 @@ class Layout:
     binary: bool  # a sigmoid p per horizon step, emitted as [1 - p, p]
     x_affine: Affine | None = None
     y_affine: Affine | None = None
+    residual: tuple[int, ...] = ()  # feature index of each target: y is a change from it
 
     @property
     def per_step(self) -> int:
@@ -125,8 +126,11 @@ def run_layout(spec: Any) -> Layout:
         return Layout(tuple(spec.features), tuple(spec.targets), int(spec.horizon), "classify",
                       classes, binary, x_aff, None)
     y_aff = Affine(np.asarray(s.y_mean, np.float64), np.asarray(s.y_scale, np.float64))
+    residual: tuple[int, ...] = ()
+    if getattr(spec, "residual", False):
+        residual = tuple(list(spec.features).index(t) for t in spec.targets)
     return Layout(tuple(spec.features), tuple(spec.targets), int(spec.horizon), "regress", None,
-                  False, x_aff, y_aff)
+                  False, x_aff, y_aff, residual)
 
 
 def _finish(b: Builder, end: Tensor, lay: Layout, y_folded: bool) -> str:
@@ -161,11 +165,30 @@ def _finish(b: Builder, end: Tensor, lay: Layout, y_folded: bool) -> str:
         mean = lay.y_affine.mean if k > 1 else lay.y_affine.mean[0]
         name = b.op1("Mul", [name, b.const("y_scale", scale)], "y")
         name = b.op1("Add", [name, b.const("y_mean", mean)], "y")
+    if lay.residual:
+        name = _add_residual(b, name, lay)
     if lay.binary:
         p = b.op1("Unsqueeze", [name, b.const("axes_last", [-1], np.int64)], "y")
         q = b.op1("Sub", [b.const("one", 1.0), p], "y")
         name = b.op1("Concat", [q, p], "y", axis=-1)
     return name
+
+
+def _add_residual(b: Builder, y: str, lay: Layout) -> str:
+    """A residual run learns changes: y = out * y_scale + x[target] (raw units).
+
+    `y` already holds out * y_scale + y_mean, so add x[target] - y_mean.
+    """
+    assert lay.y_affine is not None
+    x_now = "x"
+    if b.kind == "window":  # the newest observation of the window
+        x_now = b.op1("Gather", ["x", b.const("last", -1, np.int64)], "residual", axis=1)
+    picked = b.op1("Gather", [x_now, b.const("target_idx", list(lay.residual), np.int64)],
+                   "residual", axis=1)
+    shift = b.op1("Sub", [picked, b.const("y_mean_r", lay.y_affine.mean)], "residual")
+    if len(lay.targets) > 1:  # [B, K] → [B, 1, K] against y [B, H, K]
+        shift = b.op1("Unsqueeze", [shift, b.const("axes1", [1], np.int64)], "residual")
+    return b.op1("Add", [y, shift], "y")
 
 
 def _rename_output(b: Builder, name: str, new: str) -> None:

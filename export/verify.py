@@ -70,12 +70,20 @@ def sample_sequence(layout: Layout, length: int, tail: np.ndarray | None,
     return x.astype(np.float32)
 
 
-def keras_to_layout(raw: np.ndarray, layout: Layout) -> np.ndarray:
-    """Keras outputs [N, ...] (scaled units) → [N, H(, K or classes)] as y is laid out."""
+def keras_to_layout(raw: np.ndarray, layout: Layout, x_now: np.ndarray | None = None
+                    ) -> np.ndarray:
+    """Keras outputs [N, ...] (scaled units) → [N, H(, K or classes)] as y is laid out.
+
+    `x_now` ([N, F] raw) is the observation each output was made after; a residual run needs it.
+    """
     n, h, k = raw.shape[0], layout.horizon, layout.per_step
     y = np.asarray(raw, np.float64).reshape(n, h, k)
     if layout.task == "regress":
-        if layout.y_affine is not None:
+        if layout.y_affine is not None and layout.residual:
+            assert x_now is not None
+            base = np.asarray(x_now, np.float64)[:, list(layout.residual)]
+            y = y * layout.y_affine.scale + base[:, None, :]
+        elif layout.y_affine is not None:
             y = y * layout.y_affine.scale + layout.y_affine.mean
         return y[..., 0] if k == 1 else y
     if layout.binary:
@@ -122,15 +130,15 @@ def keras_steps(model: Any, xs: np.ndarray, layout: Layout,
         for i in range(t):
             out = _np(clone(xs_s[None, i:i + 1], training=False))
             outs.append(out[0, -1] if output_has_time else out[0])
-        return list(range(t)), keras_to_layout(np.stack(outs), layout)
+        return list(range(t)), keras_to_layout(np.stack(outs), layout, xs)
     if output_has_time:
         out = _np(model(xs_s[None], training=False))[0]
-        return list(range(t)), keras_to_layout(out, layout)
+        return list(range(t)), keras_to_layout(out, layout, xs)
     if model.inputs[0].shape[1] is not None:  # trained on fixed windows: free the time axis
         model = rebuilt(model, None)
     steps = sorted({int(v) for v in np.linspace(0, t - 1, min(PREFIXES, t))})
     outs = [_np(model(xs_s[None, : i + 1], training=False))[0] for i in steps]
-    return steps, keras_to_layout(np.stack(outs), layout)
+    return steps, keras_to_layout(np.stack(outs), layout, xs[steps])
 
 
 def parity_step(path: Path, model: Any, layout: Layout, *, xs: np.ndarray, output_has_time: bool,
@@ -153,7 +161,7 @@ def parity_window(path: Path, model: Any, layout: Layout, *, xs: np.ndarray, loo
     out = _np(model(_scale_x(windows, layout), training=False))
     if output_has_time:
         out = out[:, -1]
-    ref = keras_to_layout(out, layout)
+    ref = keras_to_layout(out, layout, windows[:, -1])
     sm = StepModel(path)
     ys = np.stack([sm.step(w, [])[0][0] for w in windows])
     err = float(np.max(np.abs(ys.astype(np.float64) - ref)))

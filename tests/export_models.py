@@ -163,7 +163,8 @@ def sequence(seed: int = 1, length: int = T, features: int = F) -> np.ndarray:
 def make_run(folder: Path, *, arch: str, mode: str, task: str = "regress", horizon: int = 2,
              features: tuple[str, ...] = ("temp", "hum"), targets: tuple[str, ...] = ("temp",),
              classes: list[str] | None = None, threshold: float | None = None, layers: int = 1,
-             units: int = 4, lookback: int = 6, tail: bool = True, seed: int = 0) -> Path:
+             units: int = 4, lookback: int = 6, tail: bool = True, seed: int = 0,
+             residual: bool = False) -> Path:
     """A run folder as statecast-train writes it, with the trainer's own model builder and
     random weights (no training): model.keras, spec.json, metrics.json, tail.npz."""
     from trainer.models import ModelShape, build_model
@@ -191,7 +192,7 @@ def make_run(folder: Path, *, arch: str, mode: str, task: str = "regress", horiz
     RunSpec(arch=arch, mode=mode, task=task, features=list(features), targets=list(targets),
             horizon=horizon, lookback=lookback, layers=layers, units=units, dropout=0.1,
             scaler=scaler, freq="1h", max_gap=3, classes=classes, threshold=threshold,
-            ).save(folder)
+            residual=residual).save(folder)
     (folder / "metrics.json").write_text('{"mae": 1.25, "epochs": 1}\n')
     if tail:
         x = x_mean + x_scale * rng.standard_normal((40, len(features)))

@@ -33,6 +33,10 @@ RUNS: dict[str, dict[str, Any]] = {
                                  classes=["drizzle", "rain", "sun"]),
     "binary_encdec": dict(arch="encdec", mode="stateful", task="classify", threshold=50.0,
                           horizon=2),
+    # Residual runs learn the change from the current observation of each target.
+    "residual_stateful_multi": dict(arch="lstm", mode="stateful", horizon=2,
+                                    targets=("hum", "temp"), residual=True),
+    "residual_window": dict(arch="lstm", mode="window", horizon=3, residual=True),
 }
 
 
@@ -54,8 +58,12 @@ def scaled(spec: RunSpec, x: np.ndarray) -> np.ndarray:
     return ((x - np.asarray(s.x_mean)) / np.asarray(s.x_scale)).astype(np.float32)
 
 
-def to_target_units(spec: RunSpec, raw: np.ndarray) -> np.ndarray:
-    """Keras output [N, ...] → y as the manifest lays it out, written from spec.py's contract."""
+def to_target_units(spec: RunSpec, raw: np.ndarray, x_now: np.ndarray | None = None
+                    ) -> np.ndarray:
+    """Keras output [N, ...] → y as the manifest lays it out, written from spec.py's contract.
+
+    `x_now` ([N, F] raw) is the observation each output follows, for residual runs.
+    """
     n, h = raw.shape[0], spec.horizon
     if spec.task == "classify":
         if spec.threshold is not None:
@@ -63,7 +71,12 @@ def to_target_units(spec: RunSpec, raw: np.ndarray) -> np.ndarray:
             return np.stack([1 - p, p], axis=-1)
         return raw.reshape(n, h, -1)
     k = len(spec.targets)
-    y = raw.reshape(n, h, k) * np.asarray(spec.scaler.y_scale) + np.asarray(spec.scaler.y_mean)
+    if spec.residual:
+        assert x_now is not None
+        base = x_now[:, [spec.features.index(t) for t in spec.targets]][:, None, :]
+    else:
+        base = np.asarray(spec.scaler.y_mean)
+    y = raw.reshape(n, h, k) * np.asarray(spec.scaler.y_scale) + base
     return y[..., 0] if k == 1 else y
 
 
@@ -80,14 +93,16 @@ def export(run: Path, tmp: Path, **kw: Any) -> tuple[Path, Manifest]:
 
 
 @pytest.mark.parametrize("name", ["lstm_stateful_multi", "encdec_stateful", "binary_stateful",
-                                  "categorical_stateful", "binary_encdec"])
+                                  "categorical_stateful", "binary_encdec",
+                                  "residual_stateful_multi"])
 def test_stateful_run_steps_like_keras_over_the_tail(runs: Any, name: str,
                                                      tmp_path: Path) -> None:
     run, model, spec = runs[name]
     path, manifest = export(run, tmp_path)
     assert manifest.kind == "step" and manifest.mode == "stateful"
     xs = tail(run)
-    ref = to_target_units(spec, em.to_numpy(model(scaled(spec, xs)[None], training=False))[0])
+    ref = to_target_units(spec, em.to_numpy(model(scaled(spec, xs)[None], training=False))[0],
+                          xs)
     ys, _ = StepModel(path).run_sequence(xs)
     assert ys.shape == ref.shape == (len(xs), *manifest.output_shape[1:])
     np.testing.assert_allclose(ys, ref, atol=1e-4)  # target units
@@ -98,7 +113,8 @@ def test_stateful_run_steps_like_keras_over_the_tail(runs: Any, name: str,
         assert manifest.classes == tuple(spec.classes or ())
 
 
-@pytest.mark.parametrize("name", ["lstm_window", "encdec_window", "bilstm_window"])
+@pytest.mark.parametrize("name", ["lstm_window", "encdec_window", "bilstm_window",
+                                  "residual_window"])
 def test_window_run_exports_a_window_graph_by_default(runs: Any, name: str,
                                                       tmp_path: Path) -> None:
     run, model, spec = runs[name]
@@ -107,13 +123,14 @@ def test_window_run_exports_a_window_graph_by_default(runs: Any, name: str,
     assert manifest.state == () and manifest.mode == "window"
     xs = tail(run)
     windows = np.stack([xs[i : i + spec.lookback] for i in range(0, 12, 3)])
-    ref = to_target_units(spec, em.to_numpy(model(scaled(spec, windows), training=False)))
+    ref = to_target_units(spec, em.to_numpy(model(scaled(spec, windows), training=False)),
+                          windows[:, -1])
     sm = StepModel(path)
     ys = np.stack([sm.step(w, [])[0][0] for w in windows])
     np.testing.assert_allclose(ys, ref, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["lstm_window", "encdec_window"])
+@pytest.mark.parametrize("name", ["lstm_window", "encdec_window", "residual_window"])
 def test_kind_step_forces_a_step_graph_for_a_window_run(runs: Any, name: str,
                                                         tmp_path: Path) -> None:
     run, model, spec = runs[name]
@@ -124,7 +141,7 @@ def test_kind_step_forces_a_step_graph_for_a_window_run(runs: Any, name: str,
     for start in range(0, 12, 4):  # each window stepped from zero state = Keras on the window
         window = xs[start : start + spec.lookback]
         ref = to_target_units(spec, em.to_numpy(model(scaled(spec, window)[None],
-                                                      training=False)))
+                                                      training=False)), window[-1:])
         ys, _ = sm.run_sequence(window)
         np.testing.assert_allclose(ys[-1:], ref, atol=1e-4)
 
