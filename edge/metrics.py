@@ -52,8 +52,8 @@ class Metrics:
         self.warming = 0
         self.queue_depth: Callable[[], int] = lambda: 0
 
-    def drop(self, reason: str) -> None:
-        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + n
 
     def reset(self, reason: str) -> None:
         self.resets[reason] = self.resets.get(reason, 0) + 1

@@ -13,7 +13,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -38,18 +37,11 @@ from edge.transport import Transport
 log = logging.getLogger(__name__)
 
 LOG_EVERY = 60.0
+BATCH = 64
 _STOP = object()
 
 # (topic, payload, retain) -> accepted
 Publisher = Callable[[str, bytes, int], bool]
-
-
-@dataclass(frozen=True)
-class Message:
-    topic: str
-    payload: bytes
-    mid: int = 0
-    qos: int = 0
 
 
 def load_model(config: EdgeConfig) -> tuple[StepModel, timedelta | None]:
@@ -213,6 +205,8 @@ class Service:
         self.metrics = Metrics(self.manifest.model_id)
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=config.queue_size)
         self.metrics.queue_depth = self.queue.qsize
+        self._status_counts = (0, 0)
+        self._outbox: list[tuple[str, bytes, int]] = []
         self.status_topic = config.status.format(
             client_id=config.client_id, model=self.manifest.model_id, stream=""
         )
@@ -220,7 +214,7 @@ class Service:
             config,
             self.enqueue,
             status_topic=self.status_topic,
-            online=self._status("online"),
+            online=lambda: self._status("online", *self._status_counts),
             offline=self._status("offline"),
             metrics=self.metrics,
         )
@@ -229,11 +223,10 @@ class Service:
         self.worker = threading.Thread(target=self._work, name="statecast-worker", daemon=True)
         self.metrics_server: MetricsServer | None = None
         self._last_checkpoint = time.monotonic()
-        self._status_counts = (0, 0)
 
     def _status(self, status: str, streams: int = 0, warming: int = 0) -> bytes:
-        """The retained status: online/offline, the live model, and how many streams there are
-        (and how many window streams are still warming up)."""
+        """The retained status: online/offline, the live model, how many streams there are
+        (and how many window streams are still warming up), and the number of the connection."""
         return json.dumps(
             {
                 "status": status,
@@ -242,15 +235,18 @@ class Service:
                 "subscribe": list(self.config.subscribe),
                 "streams": streams,
                 "warming": warming,
+                "connection": getattr(getattr(self, "transport", None), "connects", 0),
             }
         ).encode()
 
     def _publish(self, topic: str, payload: bytes, qos: int) -> bool:
-        return self.transport.publish(topic, payload, qos)
+        """Collect for `_flush` (the worker publishes a batch at once)."""
+        self._outbox.append((topic, payload, qos))
+        return True
 
     def enqueue(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
         """Called by paho's network thread: hand the message to the worker, nothing else."""
-        self.queue.put(Message(topic, payload, mid, qos))
+        self.queue.put((topic, payload, mid, qos))
 
     def health(self) -> dict[str, Any]:
         ok = self.transport.connected.is_set() and self.worker.is_alive()
@@ -293,18 +289,24 @@ class Service:
     def run(self) -> int:
         """Start, wait for `stop()`, shut down in order; returns the exit status."""
         self.start()
+        status = 0
         while not self.stopping.wait(0.5):
             if not self.worker.is_alive():
                 log.error("The worker thread died; stopping")
+                status = 1
                 break
         self.shutdown()
-        return 0
+        return status
 
     def shutdown(self) -> None:
         log.info("Stopping: finishing the messages in hand")
         self.transport.pause()
-        self.queue.put(_STOP)
-        self.worker.join(30.0)
+        if self.worker.is_alive():
+            try:
+                self.queue.put(_STOP, timeout=30.0)
+            except queue.Full:
+                log.warning("The worker did not drain its queue in time")
+            self.worker.join(30.0)
         self.transport.close()
         if self.metrics_server is not None:
             self.metrics_server.stop()
@@ -313,37 +315,71 @@ class Service:
     # -- worker --------------------------------------------------------------------------------
 
     def _work(self) -> None:
+        """The worker loop: take what is queued (up to BATCH at a time, without waiting), process
+        it in order, then hand the results and acknowledgements to paho together, so its network
+        thread wakes once per batch rather than twice per message."""
         interval = self.config.checkpoint_interval
-        get = self.queue.get
+        get, get_nowait = self.queue.get, self.queue.get_nowait
         proc = self.processor
-        ack = self.transport.ack
         store = proc.store
-        while True:
-            timeout = None
+        running = True
+        while running:
+            timeout = 1.0
             if store.dirty:
                 timeout = max(0.0, self._last_checkpoint + interval - time.monotonic())
             try:
-                item = get(timeout=timeout if timeout is not None else 1.0)
+                batch = [get(timeout=timeout)]
             except queue.Empty:
                 self._maybe_checkpoint()
                 continue
-            if item is _STOP:
-                break
-            proc.handle(item.topic, item.payload)
-            ack(item.mid, item.qos)
+            while len(batch) < BATCH:
+                try:
+                    batch.append(get_nowait())
+                except queue.Empty:
+                    break
+            acks = []
+            for item in batch:
+                if item is _STOP:
+                    running = False
+                    break
+                topic, payload, mid, qos = item
+                try:
+                    proc.handle(topic, payload)
+                except Exception:  # handle() reports its own failures; this is the last guard
+                    log.exception("Failed to report a problem with a message on %s", topic)
+                acks.append((mid, qos))
+            self._flush(acks)
             if store.dirty and time.monotonic() - self._last_checkpoint >= interval:
                 self._maybe_checkpoint()
         self._maybe_checkpoint(force=True)
+
+    def _flush(self, acks: list[tuple[int, int]]) -> None:
+        """Publish what the batch produced, in order, then acknowledge its messages."""
+        publish = self.transport.publish
+        refused = 0
+        for topic, payload, qos in self._outbox:
+            if not publish(topic, payload, qos):
+                refused += 1
+        self._outbox.clear()
+        if refused:
+            self.metrics.drop("publish_refused", refused)
+        for mid, qos in acks:
+            self.transport.ack(mid, qos)
 
     def _update_gauges(self) -> None:
         store = self.processor.store
         self.metrics.streams = len(store)
         self.metrics.warming = store.warming() if store.lookback is not None else 0
         counts = (self.metrics.streams, self.metrics.warming)
-        if counts != self._status_counts and self.transport.connected.is_set():
+        if (
+            counts != self._status_counts
+            and self.transport.connected.is_set()
+            and not self.stopping.is_set()
+        ):
             self._status_counts = counts
-            self.transport.online = self._status("online", *counts)
-            self.transport.publish(self.status_topic, self.transport.online, 1, retain=True)
+            self.transport.publish(
+                self.status_topic, self._status("online", *counts), 1, retain=True
+            )
 
     def _maybe_checkpoint(self, force: bool = False) -> None:
         store = self.processor.store

@@ -48,7 +48,7 @@ class Transport:
         on_message: MessageHandler,
         *,
         status_topic: str,
-        online: bytes,
+        online: Callable[[], bytes],
         offline: bytes,
         metrics: Metrics | None = None,
     ) -> None:
@@ -65,6 +65,7 @@ class Transport:
         self._down = threading.Event()
         self._closing = threading.Event()
         self._ever_connected = False
+        self.connects = 0
         self._attempt = 0
         self._supervisor = threading.Thread(
             target=self._supervise, name="statecast-mqtt-supervisor", daemon=True
@@ -156,6 +157,7 @@ class Transport:
         if self._ever_connected:
             self.metrics.reconnects += 1
         self._ever_connected = True
+        self.connects += 1
         session = bool(getattr(flags, "session_present", False))
         log.info(
             "Connected to %s as %s (MQTT %s, session %s)",
@@ -166,7 +168,7 @@ class Transport:
         result, _ = client.subscribe(subs)
         if result != mqtt.MQTT_ERR_SUCCESS:
             log.warning("Subscribing failed: %s", mqtt.error_string(result))
-        client.publish(self.status_topic, self.online, qos=1, retain=True)
+        client.publish(self.status_topic, self.online(), qos=1, retain=True)
         self.metrics.connected = 1
         self.connected.set()
 
@@ -180,8 +182,16 @@ class Transport:
         self._down.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        if self.accepting:
-            self.handler(msg.topic, bytes(msg.payload), msg.mid, msg.qos)
+        if not self.accepting:
+            return  # not acknowledged: the broker delivers it again to the next session
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:  # a broker should never send this; drop it, don't die
+            log.warning("Dropped a message whose topic is not UTF-8")
+            self.metrics.drop("bad_topic")
+            self.ack(msg.mid, msg.qos)
+            return
+        self.handler(topic, bytes(msg.payload), msg.mid, msg.qos)
 
     # -- supervisor ----------------------------------------------------------------------------
 

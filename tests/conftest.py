@@ -201,10 +201,14 @@ class Collector:
                 return got
             time.sleep(0.02)
 
-    def wait_status(self, client_id: str, status: str, since: int, timeout: float = 20.0) -> bool:
+    def wait_status(
+        self, client_id: str, status: str, since: int, timeout: float = 20.0, connection: int = 0
+    ) -> bool:
+        """Wait for `status` on the daemon's status topic after message number `since` (and, for
+        online, from its `connection`-th connection or a later one)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if any(d.get("status") == status
+            if any(d.get("status") == status and d.get("connection", 0) >= connection
                    for d in self.json(f"statecast/status/{client_id}", since)):
                 return True
             time.sleep(0.02)

@@ -233,7 +233,7 @@ def test_broker_restart_is_survived(
     assert len(col.wait_for(f"{cid}-out/", 20)) == 20
     mark = col.mark()
     own_broker.restart()
-    assert col.wait_status(cid, "online", mark), d.log()
+    assert col.wait_status(cid, "online", mark, connection=2), d.log()
     replay(own_broker, data, f"{cid}/{{stream}}/temp", *common, "--skip", "20")
     preds = col.wait_for(f"{cid}-out/", 40)
     assert d.stop() == 0
@@ -266,3 +266,38 @@ def test_window_and_classifier_models(
     assert d.stop() == 0
     assert set(pred["probabilities"]) == {"cold", "mild", "warm"}
     assert len(pred["at"]) == 2
+
+
+def test_config_file_and_sigint(
+    broker: Mosquitto, models: dict[str, Path], tmp_path: Path, daemon_factory: Any,
+    collector_factory: Any,
+) -> None:
+    cid = f"e{uuid.uuid4().hex[:8]}"
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(
+        f'model = "{models["window"]}"\nbroker = "{broker.url}"\n'
+        f'subscribe = ["{cid}/+/obs"]\npublish = "{cid}-out/{{stream}}"\nclient_id = "{cid}"\n'
+        'max_payload = 64\n[field_map]\ntemp = "t"\n'
+    )
+    col = collector_factory(broker, [f"{cid}-out/#", "statecast/#"])
+    port = free_port()
+    d = start(daemon_factory, col, cid, "--config", str(cfg), "--metrics-port", str(port))
+    pub = publisher(broker)
+    pub.publish(f"{cid}/w/obs", '{"ts": "2010-01-01T00:00:00", "t": 40}', qos=1)
+    pub.publish(f"{cid}/w/obs", '{"ts": "2010-01-01T01:00:00", "t": 40, "x": "' + "y" * 64 + '"}',
+                qos=1)
+    (err,) = col.wait_for("statecast/errors/", 1)
+    assert err["reason"] == "too_large"
+    deadline = time.monotonic() + 10
+    text = ""
+    while "statecast_edge_warming_streams 1" not in text and time.monotonic() < deadline:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+        time.sleep(0.05)
+    assert "statecast_edge_warming_streams 1" in text
+    assert 'statecast_edge_dropped_total{reason="too_large"} 1' in text
+    pub.disconnect()
+    pub.loop_stop()
+    mark = col.mark()
+    assert d.stop(signal.SIGINT) == 0
+    assert col.wait_status(cid, "offline", mark)
+    assert col.json(f"{cid}-out/") == []  # still warming up: lookback 4

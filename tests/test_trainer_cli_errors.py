@@ -134,3 +134,12 @@ def test_console_script_prints_no_traceback(tmp_path: Path) -> None:
     assert proc.stderr.strip() == (
         "statecast-train: error: target column 'b' is not in the data; available: a"
     )
+
+
+def test_residual_needs_the_target_among_the_features(
+    good: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = run(["--data", str(good), "--target", "temp", "--features", "hum",
+                     "--time-col", "date", "--residual", "--out", str(tmp_path / "r")], capsys)
+    assert code == 2
+    assert "'temp' is not" in err

@@ -73,11 +73,14 @@ def test_every_arch_task_mode_trains_and_evaluates(
     assert len(pd.read_csv(out / "history.csv")) == 1
 
 
-def test_residual_run_learns_changes_and_records_it(table: Path, tmp_path: Path) -> None:
-    metrics = train(tiny(table, tmp_path / "r", residual=True, horizon=2, epochs=2),
-                    log=lambda _: None)
+def test_residual_is_on_only_when_every_target_is_a_feature(table: Path, tmp_path: Path) -> None:
+    metrics = train(tiny(table, tmp_path / "r", horizon=2, epochs=2), log=lambda _: None)
     assert RunSpec.load(tmp_path / "r").residual is True
     assert np.isfinite(metrics["rmse"])
+    train(tiny(table, tmp_path / "off", residual=False), log=lambda _: None)
+    assert RunSpec.load(tmp_path / "off").residual is False
+    train(tiny(table, tmp_path / "other", features=["hum"]), log=lambda _: None)
+    assert RunSpec.load(tmp_path / "other").residual is False
 
 
 def test_same_seed_same_metrics(table: Path, tmp_path: Path) -> None:
@@ -119,7 +122,7 @@ def test_stateful_training_remembers_beyond_one_lookback(tmp_path: Path) -> None
     values[:, -1] = cues
     path = write_csv(pd.DataFrame({"v": values.ravel()}), tmp_path / "cue.csv")
     common = dict(data=path, targets=["v"], lookback=3, layers=1, units=16, epochs=40,
-                  patience=40, learning_rate=0.02, test_frac=0.2, quiet=True)
+                  patience=40, learning_rate=0.02, test_frac=0.2, residual=False, quiet=True)
 
     def recall_error(mode: str, batch: int) -> float:
         out = tmp_path / mode

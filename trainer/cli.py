@@ -63,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--season", type=int, help="season length in periods for the seasonal-naive baseline")
     a("--test-frac", type=float, default=0.2, help="held-out tail of every series (0.2)")
     a("--seed", type=int, default=0)
-    a("--residual", action="store_true",
-      help="learn the change from the current value of each target (targets must be features)")
+    a("--residual", action=argparse.BooleanOptionalAction, default=None,
+      help="learn the change from the current value of each target (default: on for "
+      "regression when every target is also a feature)")
     a("--quiet", action="store_true", help="no progress line per epoch")
     return p
 

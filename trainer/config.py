@@ -38,7 +38,7 @@ class TrainConfig:
     patience: int = 8
     learning_rate: float = 0.01
     seed: int = 0
-    residual: bool = False
+    residual: bool | None = None  # None: on for regression when every target is a feature
     quiet: bool = False
 
     def __post_init__(self) -> None:

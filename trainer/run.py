@@ -108,7 +108,7 @@ def train(cfg: TrainConfig, log: Log = print) -> dict[str, Any]:
         dropout=cfg.dropout, scaler=scaler, freq=ds.freq, max_gap=cfg.max_gap,
         classes=task.classes, threshold=task.threshold, season=cfg.season,
         batch_size=cfg.resolved_batch, seed=cfg.seed, data=_fingerprint(cfg, ds),
-        residual=bool(cfg.residual and task.kind == "regress"),
+        residual=bool(_residual_features(ds, cfg, task)),
         statecast_version=__version__,
     )
     spec.save(out)
@@ -211,9 +211,11 @@ def _prepare(ds: Dataset, cfg: TrainConfig, task: Task) -> tuple[list[Prepared],
 
 def _residual_features(ds: Dataset, cfg: TrainConfig, task: Task) -> list[int]:
     """Feature index of each target when the network learns changes from the current value."""
-    if not cfg.residual or task.kind != "regress":
+    if cfg.residual is False or task.kind != "regress":
         return []
     missing = [t for t in ds.targets if t not in ds.features]
+    if missing and cfg.residual is None:
+        return []
     if missing:
         raise TrainError(
             f"--residual needs every target among the features; {missing[0]!r} is not"
