@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
-import shutil
 import socket
 import statistics
 import subprocess
@@ -37,43 +35,21 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from bench.broker import Mosquitto, find_mosquitto
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 
-def find_mosquitto() -> str:
-    for candidate in (os.environ.get("STATECAST_MOSQUITTO"), shutil.which("mosquitto"),
-                      "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    sys.exit("bench_edge: mosquitto not found (install it or set $STATECAST_MOSQUITTO)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_broker(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    conf = directory / "mosquitto.conf"
-    lines = [f"listener {port} 127.0.0.1", "allow_anonymous true", "set_tcp_nodelay true",
-             "persistence false", "max_inflight_messages 1000", "max_queued_messages 0"]
-    if os.geteuid() == 0:
-        lines.append("user root")
-    conf.write_text("\n".join(lines) + "\n")
-    proc = subprocess.Popen([find_mosquitto(), "-c", str(conf)], stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    sys.exit("bench_edge: mosquitto did not start")
+def start_broker(directory: Path) -> Mosquitto:
+    binary = find_mosquitto()
+    if binary is None:
+        sys.exit("bench_edge: mosquitto not found (install it or set $STATECAST_MOSQUITTO)")
+    broker = Mosquitto(binary, directory / "mosquitto")
+    broker.start()
+    return broker
 
 
 def nodelay(client: mqtt.Client) -> None:
@@ -241,7 +217,8 @@ def main() -> int:
                 for s in range(args.streams):
                     w.writerow([f"s{s}", stamp, 50 + (i % 20)])
         n = per * args.streams
-        broker, port = start_broker(d)
+        broker = start_broker(d)
+        port = broker.port
         try:
             counter = Counter(port, ["out/#", "statecast/status/+"])
             rates: dict[str, list[float]] = {"replay": [], "echo": [], "edge": []}
@@ -253,19 +230,18 @@ def main() -> int:
                     print(f"  run {r + 1} {kind}: {rate:,.0f} msg/s (replay {pub:,.0f} msg/s)",
                           file=sys.stderr)
         finally:
-            broker.terminate()
-            broker.wait(10)
+            broker.stop()
     labels = {"replay": "statecast-replay publishing (QoS 1)",
               "echo": "paho receive + re-publish (ceiling)",
               "edge": "statecast-edge (1x32 LSTM, H=24)" if args.model is None
               else f"statecast-edge ({args.model.name})"}
     print(f"\n{n} messages on {args.streams} streams, QoS 1, backlog drained through mosquitto, "
           f"{args.runs} runs")
-    print(f"| {'path':<38} | {'msg/s (median)':>14} | {'runs':<26} |")
-    print(f"|{'-' * 40}|{'-' * 16}|{'-' * 28}|")
+    print(f"| {'path':<38} | {'msg/s (median)':>14} | {'runs':<44} |")
+    print(f"|{'-' * 40}|{'-' * 16}|{'-' * 46}|")
     for kind in ("replay", "echo", "edge"):
         runs = ", ".join(f"{x:,.0f}" for x in rates[kind])
-        print(f"| {labels[kind]:<38} | {statistics.median(rates[kind]):>14,.0f} | {runs:<26} |")
+        print(f"| {labels[kind]:<38} | {statistics.median(rates[kind]):>14,.0f} | {runs:<44} |")
     edge, ceiling = statistics.median(rates["edge"]), statistics.median(rates["echo"])
     print(f"\nstatecast-edge reaches {edge / ceiling:.0%} of the paho ceiling.")
     return 0
