@@ -21,11 +21,12 @@ setup: $(STAMP)
 
 # mosquitto is started by the test fixtures and the demo on a free loopback port.
 broker:
-	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then :; \
+	@if { command -v mosquitto || [ -x /usr/sbin/mosquitto ]; } >/dev/null 2>&1 \
+		&& command -v mosquitto_passwd >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing mosquitto with apt-get"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			mosquitto mosquitto-clients >/dev/null; \
+			mosquitto mosquitto-clients openssl >/dev/null; \
 		systemctl disable --now mosquitto >/dev/null 2>&1 || true; \
 	else \
 		echo "mosquitto is missing: run 'sudo apt-get install mosquitto mosquitto-clients'" >&2; \

@@ -2,7 +2,7 @@
 
 The broker (`bench/broker.py`, shared with the demo and the benchmarks) runs from a config written
 to a temporary directory, with `set_tcp_nodelay true`. It is found as $STATECAST_MOSQUITTO,
-`mosquitto` on PATH, or /usr/sbin/mosquitto; without one, tests marked `broker` are skipped.
+`mosquitto` on PATH, or /usr/sbin/mosquitto; without one, tests marked `broker` fail and say so.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ __all__ = ["ROOT", "Collector", "Daemon", "Mosquitto", "free_port", "replay"]
 def mosquitto_binary() -> str:
     binary = find_mosquitto()
     if binary is None:
-        pytest.skip("mosquitto not found (install it or set $STATECAST_MOSQUITTO)")
+        pytest.fail("mosquitto not found: 'make test' installs it as root, or run "
+                    "'sudo apt-get install mosquitto' (or set $STATECAST_MOSQUITTO)")
     return binary
 
 
