@@ -121,8 +121,8 @@ def test_stateful_training_remembers_beyond_one_lookback(tmp_path: Path) -> None
     values[:, 0] = cues
     values[:, -1] = cues
     path = write_csv(pd.DataFrame({"v": values.ravel()}), tmp_path / "cue.csv")
-    common = dict(data=path, targets=["v"], lookback=3, layers=1, units=16, epochs=40,
-                  patience=40, learning_rate=0.02, test_frac=0.2, residual=False, quiet=True)
+    common = dict(data=path, targets=["v"], lookback=3, layers=1, units=16, epochs=60,
+                  patience=60, learning_rate=0.01, test_frac=0.2, residual=False, quiet=True)
 
     def recall_error(mode: str, batch: int) -> float:
         out = tmp_path / mode
