@@ -4,7 +4,7 @@ Prints a Markdown table: RMSE at horizons 1, 6 and 24 (defaults, stateful mode) 
 persistence and seasonal naive (24 h) on the same held-out points, then seconds per epoch in
 stateful mode at batch 64 and at batch 1 (the tutorials' online learning) on the same data.
 
-    python bench/bench_train.py [--data examples/data/seattle-temps.csv] [--epochs 60]
+    python bench/bench_train.py [--data examples/data/seattle-temps.csv] [--epochs 100]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def run(data: Path, out: Path, **kw: Any) -> dict[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=ROOT / "examples/data/seattle-temps.csv")
-    p.add_argument("--epochs", type=int, default=60, help="maximum epochs (early stopping)")
+    p.add_argument("--epochs", type=int, default=100, help="maximum epochs (early stopping)")
     p.add_argument("--speed-epochs", type=int, default=4, help="epochs timed per batch size")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -56,10 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--threshold", type=float, help="classify a numeric target as above/below X")
     a("--mode", choices=["stateful", "window"],
       help="stateful truncated BPTT (default for lstm/encdec) or independent windows")
-    a("--epochs", type=int, default=60, help="maximum epochs; early stopping on validation")
+    a("--epochs", type=int, default=100, help="maximum epochs; early stopping on validation")
     a("--batch-size", type=int, help="default 64 (stateful) or 256 (window)")
-    a("--patience", type=int, default=8, help="early-stopping patience in epochs")
-    a("--learning-rate", type=float, default=0.01)
+    a("--patience", type=int, default=12, help="early-stopping patience in epochs")
+    a("--learning-rate", type=float, default=0.003, help="Adam learning rate")
     a("--season", type=int, help="season length in periods for the seasonal-naive baseline")
     a("--test-frac", type=float, default=0.2, help="held-out tail of every series (0.2)")
     a("--seed", type=int, default=0)

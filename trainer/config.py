@@ -30,13 +30,13 @@ class TrainConfig:
     task: str = "regress"
     threshold: float | None = None
     mode: str | None = None  # None: stateful for lstm/encdec, window for bilstm
-    epochs: int = 60
+    epochs: int = 100
     batch_size: int | None = None  # None: 64 stateful, 256 window
     season: int | None = None
     test_frac: float = 0.2
     val_frac: float = 0.1
-    patience: int = 8
-    learning_rate: float = 0.01
+    patience: int = 12
+    learning_rate: float = 0.003
     seed: int = 0
     residual: bool | None = None  # None: on for regression when every target is a feature
     quiet: bool = False
