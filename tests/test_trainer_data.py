@@ -71,3 +71,12 @@ def test_scaler_is_fitted_on_training_rows_only(tmp_path: Path) -> None:
     assert abs(scaler.x_mean[0] - train_rows.mean()) < 1e-9
     assert abs(scaler.y_scale[0] - train_rows.std()) < 1e-9
     assert scaler.x_mean[0] < 100
+
+
+def test_parquet_reads_like_csv(tmp_path: Path) -> None:
+    df = hourly_sine(120)
+    df.to_parquet(tmp_path / "d.parquet")
+    from_parquet = load_dataset(tmp_path / "d.parquet", ["temp"], time_col="date")
+    from_csv = load_dataset(write_csv(df, tmp_path / "d.csv"), ["temp"], time_col="date")
+    np.testing.assert_array_equal(from_parquet.segments[0].x, from_csv.segments[0].x)
+    assert from_parquet.freq == "1h"

@@ -23,7 +23,8 @@ COMBOS = [
     ("lstm", "binary", "stateful"), ("lstm", "binary", "window"),
     ("lstm", "categorical", "stateful"), ("lstm", "categorical", "window"),
     ("encdec", "regress", "stateful"), ("encdec", "regress", "window"),
-    ("encdec", "binary", "stateful"), ("encdec", "categorical", "window"),
+    ("encdec", "binary", "stateful"), ("encdec", "binary", "window"),
+    ("encdec", "categorical", "stateful"), ("encdec", "categorical", "window"),
     ("bilstm", "regress", "window"), ("bilstm", "binary", "window"),
     ("bilstm", "categorical", "window"),
 ]
