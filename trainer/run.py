@@ -114,7 +114,8 @@ def train(cfg: TrainConfig, log: Log = print) -> dict[str, Any]:
     spec.save(out)
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     with open(out / HISTORY_FILE, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["epoch", "loss", "val_loss", "seconds"])
+        writer = csv.DictWriter(
+            fh, fieldnames=["epoch", "loss", "val_loss", "seconds", "fit_seconds"])
         writer.writeheader()
         writer.writerows(history)
     tail = next(s for s in segs if len(origins(s, "test", cfg.horizon)))
@@ -271,11 +272,13 @@ def _sequence_outputs(
 
 
 def _progress(log: Log, epoch: int, total: int, loss: float, val: float | None, secs: float,
-              quiet: bool) -> dict[str, Any]:
+              quiet: bool, fit_secs: float | None = None) -> dict[str, Any]:
+    """Log one line per epoch; `fit_secs` is the part spent on gradient steps alone."""
     if not quiet:
         v = f"{val:.4f}" if val is not None else "n/a"
         log(f"epoch {epoch}/{total}  loss {loss:.4f}  val_loss {v}  {secs:.2f}s")
-    return {"epoch": epoch, "loss": loss, "val_loss": val, "seconds": round(secs, 4)}
+    return {"epoch": epoch, "loss": loss, "val_loss": val, "seconds": round(secs, 4),
+            "fit_seconds": round(fit_secs if fit_secs is not None else secs, 4)}
 
 
 def _fit_stateful(
@@ -320,6 +323,7 @@ def _fit_stateful(
                 loss = trainer_model.train_on_batch(xb, yb, sample_weight=wb)
                 total += float(np.asarray(loss).ravel()[0]) * w
                 weight += w
+        fit_secs = time.perf_counter() - t0
         for a, b in zip(infer.trainable_weights, trainer_model.trainable_weights, strict=True):
             a.assign(b)
         val = None
@@ -328,7 +332,7 @@ def _fit_stateful(
             preds = np.concatenate([o[ts] for o, ts in zip(outs, val_idx, strict=True)])
             val = _numpy_loss(task, preds, np.concatenate(val_y))
         history.append(_progress(log, epoch, cfg.epochs, total / max(weight, 1.0), val,
-                                 time.perf_counter() - t0, cfg.quiet))
+                                 time.perf_counter() - t0, cfg.quiet, fit_secs))
         score = val if val is not None else total / max(weight, 1.0)
         if score < best - 1e-6:
             best, waited = score, 0
