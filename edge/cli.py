@@ -27,6 +27,10 @@ The stream id is the topic level matched by the first '+' of the subscription (o
 N, or --stream-field KEY of the payload).
 Payloads: {{"ts": ISO-8601 or epoch, "<feature>": number}}.
 The broker password is read from --password-file or ${PASSWORD_ENV}.
+Send 'reload', 'reset STREAM' or 'drop STREAM' to the commands topic; replacing the model file
+(atomic rename) also reloads it.
+Exit status: 0 after SIGTERM/SIGINT, 2 bad arguments, config or model, 3 the broker refused the
+credentials or the TLS handshake failed (retrying would not help), 1 an internal failure.
 """
 
 
@@ -62,9 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("--username", help="broker user name")
     add("--password-file", metavar="FILE", help=f"file holding the broker password "
         f"(or set ${PASSWORD_ENV})")
-    add("--tls-ca", metavar="FILE", help="CA certificate for the broker (enables TLS)")
-    add("--tls-cert", metavar="FILE", help="client certificate")
-    add("--tls-key", metavar="FILE", help="client key")
+    add("--ca-file", "--tls-ca", dest="ca_file", metavar="FILE",
+        help="CA certificate that signed the broker's (enables TLS)")
+    add("--cert-file", "--tls-cert", dest="cert_file", metavar="FILE",
+        help="client certificate, if the broker asks for one")
+    add("--key-file", "--tls-key", dest="key_file", metavar="FILE", help="its private key")
+    add("--tls-insecure", action="store_true", default=None,
+        help="do not verify the broker's certificate (testing only; logged at every start)")
+    add("--commands", metavar="TEMPLATE", help="command topic: reload, reset STREAM, drop STREAM "
+        "(default statecast/cmd/{client_id})")
     add("--stream-level", type=int, metavar="N", help="topic level (from 0) holding the stream id")
     add("--stream-field", metavar="KEY", help="payload field holding the stream id")
     add("--max-payload", type=int, metavar="BYTES", help="larger payloads are dropped "
@@ -81,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 FLAG_KEYS = (
     "model", "broker", "subscribe", "publish", "errors", "state_dir", "client_id", "qos",
-    "mqtt_version", "username", "password_file", "tls_ca", "tls_cert", "tls_key",
+    "mqtt_version", "username", "password_file", "ca_file", "cert_file", "key_file",
+    "tls_insecure", "commands",
     "stream_level", "stream_field", "max_payload", "on_gap", "late", "metrics_port",
     "metrics_host", "log_level",
 )
@@ -134,13 +145,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("Broker %s as %s; subscribe %s; publish %s", config.broker_url, config.client_id,
              " ".join(config.subscribe), config.publish)
     try:
-        return service.run()
+        status = service.run()
     except EdgeError as exc:
         log.error("%s", exc)
         return 2
+    if service.fatal is not None:
+        print(f"statecast-edge: error: {_sentence(service.fatal)}", file=sys.stderr)
+    return status
 
 
-def _sentence(exc: Exception) -> str:
+def _sentence(exc: Exception | str) -> str:
     text = " ".join(str(exc).split())
     return text if text.endswith(".") else text + "."
 

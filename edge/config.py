@@ -13,7 +13,7 @@ An example `edge.toml` (keys are the long flag names, with `-` or `_`)::
     state_dir = "/var/lib/statecast"
     username = "edge"
     password_file = "/etc/statecast/mqtt-password"
-    tls_ca = "/etc/statecast/ca.crt"
+    ca_file = "/etc/statecast/ca.crt"
     metrics_port = 9108
 
     [field_map]                            # model feature -> payload key
@@ -41,7 +41,9 @@ from edge.errors import EdgeError
 
 PASSWORD_ENV = "STATECAST_MQTT_PASSWORD"
 SCHEMES = {"mqtt": (1883, False), "tcp": (1883, False), "mqtts": (8883, True), "ssl": (8883, True)}
-PATH_KEYS = ("model", "state_dir", "password_file", "tls_ca", "tls_cert", "tls_key")
+PATH_KEYS = ("model", "state_dir", "password_file", "ca_file", "cert_file", "key_file")
+# Earlier names of settings, still accepted.
+ALIASES = {"tls_ca": "ca_file", "tls_cert": "cert_file", "tls_key": "key_file"}
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class EdgeConfig:
     publish: str = "forecasts/{stream}"
     errors: str = "statecast/errors/{stream}"
     status: str = "statecast/status/{client_id}"
+    commands: str = "statecast/cmd/{client_id}"
     client_id: str = ""  # default: default_client_id(subscribe, publish)
     qos: int = 1
     mqtt_version: str = "3.1.1"
@@ -109,9 +112,9 @@ class EdgeConfig:
     session_expiry: int = 7 * 24 * 3600
     username: str | None = None
     password_file: str | None = None
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
     tls_insecure: bool = False
     state_dir: str | None = None
     checkpoint_interval: float = 0.5
@@ -140,6 +143,9 @@ class EdgeConfig:
         check_template(self.publish, "publish")
         check_template(self.errors, "errors")
         check_template(self.status, "status")
+        check_template(self.commands, "commands")
+        if "{stream}" in self.commands or "{model}" in self.commands:
+            raise EdgeError("the commands topic may use {client_id} only")
         self.broker_url  # noqa: B018 - validates
         if not self.client_id:
             object.__setattr__(self, "client_id", default_client_id(self.subscribe, self.publish))
@@ -170,9 +176,17 @@ class EdgeConfig:
             raise EdgeError("reconnect_min must be positive and not above reconnect_max")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise EdgeError(f"metrics_port {self.metrics_port} is not a TCP port")
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise EdgeError("tls_cert and tls_key go together")
-        for key in ("password_file", "tls_ca", "tls_cert", "tls_key"):
+        tls_keys = [k for k in ("ca_file", "cert_file", "key_file") if getattr(self, k)]
+        if self.tls_insecure:
+            tls_keys.append("tls_insecure")
+        if tls_keys and not self.broker_url.tls:
+            raise EdgeError(
+                f"{tls_keys[0]} is a TLS setting but the broker URL {self.broker} is plain TCP; "
+                "use mqtts://"
+            )
+        if (self.cert_file is None) != (self.key_file is None):
+            raise EdgeError("cert_file and key_file go together")
+        for key in ("password_file", "ca_file", "cert_file", "key_file"):
             path = getattr(self, key)
             if path is not None and not Path(path).is_file():
                 raise EdgeError(f"{key} {path} does not exist")
@@ -187,7 +201,7 @@ class EdgeConfig:
 
     @property
     def tls(self) -> bool:
-        return self.broker_url.tls or self.tls_ca is not None
+        return self.broker_url.tls
 
     def password(self) -> str | None:
         """From `password_file` (first line), else $STATECAST_MQTT_PASSWORD, else None."""
@@ -206,6 +220,7 @@ class EdgeConfig:
         values: dict[str, Any] = {}
         for raw_key, value in settings.items():
             key = raw_key.replace("-", "_")
+            key = ALIASES.get(key, key)
             if key not in known:
                 raise EdgeError(f"unknown setting {raw_key!r}")
             if value is None:
@@ -270,6 +285,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
         norm = key.replace("-", "_")
+        norm = ALIASES.get(norm, norm)
         if norm in PATH_KEYS and isinstance(value, str) and not Path(value).is_absolute():
             out[norm] = str(path.parent / value)
         else:

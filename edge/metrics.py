@@ -47,6 +47,8 @@ class Metrics:
         self.step_seconds = Histogram()
         self.reconnects = 0
         self.checkpoints = 0
+        self.reloads = 0
+        self.reloads_failed = 0
         self.connected = 0
         self.streams = 0
         self.warming = 0
@@ -55,8 +57,8 @@ class Metrics:
     def drop(self, reason: str, n: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + n
 
-    def reset(self, reason: str) -> None:
-        self.resets[reason] = self.resets.get(reason, 0) + 1
+    def reset(self, reason: str, n: int = 1) -> None:
+        self.resets[reason] = self.resets.get(reason, 0) + n
 
     def render(self) -> str:
         p = "statecast_edge_"
@@ -106,6 +108,10 @@ class Metrics:
         scalar("warming_streams", "gauge", "Window streams not yet full.", self.warming)
         scalar("reconnects_total", "counter", "Reconnections to the broker.", self.reconnects)
         scalar("checkpoints_total", "counter", "State checkpoints written.", self.checkpoints)
+        scalar("model_reloads_total", "counter", "Models put in service while running.",
+               self.reloads)
+        scalar("model_reloads_rejected_total", "counter",
+               "Replacement models rejected (the live one kept serving).", self.reloads_failed)
         scalar("connected", "gauge", "1 while connected to the broker.", self.connected)
         scalar("queue_depth", "gauge", "Messages waiting for the worker.", self.queue_depth())
         return "\n".join(lines) + "\n"

@@ -2,19 +2,24 @@
 
 Threads: paho's network thread only enqueues (`Transport` → `Service.enqueue`); one worker thread
 owns the stream states and the onnxruntime session, so nothing needs a lock; the main thread
-waits for SIGTERM/SIGINT and then shuts down in order.
+waits for SIGTERM/SIGINT, pings systemd's watchdog, watches the model file, loads a replacement
+beside the live model and queues the swap, so the worker changes models between two messages.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+
+import numpy as np
 
 from edge.codec import (
     UNKNOWN_STREAM,
@@ -30,6 +35,7 @@ from edge.config import EdgeConfig
 from edge.errors import EdgeError
 from edge.metrics import Metrics, MetricsServer
 from edge.model import StepModel
+from edge.notify import Notifier
 from edge.runner import Runner
 from edge.state import StateStore
 from edge.transport import Transport
@@ -39,6 +45,7 @@ log = logging.getLogger(__name__)
 LOG_EVERY = 60.0
 BATCH = 64
 _STOP = object()
+FATAL_EXIT = 3  # the broker refused us for good (credentials, TLS): retrying cannot help
 
 # (topic, payload, retain) -> accepted
 Publisher = Callable[[str, bytes, int], bool]
@@ -63,6 +70,31 @@ def load_model(config: EdgeConfig) -> tuple[StepModel, timedelta | None]:
     return model, freq
 
 
+def file_identity(path: str) -> tuple[int, int, int] | None:
+    """(inode, size, mtime) of a file, None if it is missing: changes when it is replaced."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+@dataclass(frozen=True)
+class Command:
+    """A line from the commands topic, run by the worker between two messages."""
+
+    text: bytes
+
+
+@dataclass(frozen=True)
+class Swap:
+    """A validated replacement model for the worker to put in service."""
+
+    model: StepModel
+    freq: timedelta | None
+    source: str
+
+
 class Processor:
     """Turns one message into a prediction or an error; owns the states. No threads, no I/O:
     `publish` is injected (the worker passes the transport's), so it is tested without a broker.
@@ -75,6 +107,7 @@ class Processor:
         freq: timedelta | None,
         publish: Publisher,
         metrics: Metrics | None = None,
+        store: StateStore | None = None,
     ) -> None:
         m = model.manifest
         self.config = config
@@ -88,13 +121,18 @@ class Processor:
         )
         self.encoder = Encoder(m, freq)
         self.router = StreamRouter(config.subscribe, config.stream_level)
-        self.store = StateStore(
+        fresh = StateStore(
             m.model_id,
             self.runner.zero_state(),
             lookback=self.runner.lookback,
             n_features=m.n_features,
             max_streams=config.max_streams,
         )
+        if store is not None and store.same_layout(fresh):
+            store.model_id = m.model_id
+            store.dirty = True
+            fresh = store
+        self.store = fresh
         self.max_gap = (
             freq.total_seconds() * m.max_gap if freq is not None and m.max_gap else None
         )
@@ -205,6 +243,11 @@ class Service:
         self.metrics = Metrics(self.manifest.model_id)
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=config.queue_size)
         self.metrics.queue_depth = self.queue.qsize
+        self.fatal: str | None = None
+        self.notifier = Notifier()
+        self._model_file = file_identity(config.model)
+        self._reload_wanted = threading.Event()
+        self._beat = time.monotonic()
         self._status_counts = (0, 0)
         self._outbox: list[tuple[str, bytes, int]] = []
         self.status_topic = config.status.format(
@@ -217,7 +260,10 @@ class Service:
             online=lambda: self._status("online", *self._status_counts),
             offline=self._status("offline"),
             metrics=self.metrics,
+            on_fatal=self._on_fatal,
         )
+        self.events_topic = f"{self.status_topic}/events"
+        self.command_topic = self.transport.command_topic
         self.processor = Processor(config, model, freq, self._publish, self.metrics)
         self.stopping = threading.Event()
         self.worker = threading.Thread(target=self._work, name="statecast-worker", daemon=True)
@@ -236,6 +282,7 @@ class Service:
                 "streams": streams,
                 "warming": warming,
                 "connection": getattr(getattr(self, "transport", None), "connects", 0),
+                "commands": self.config.commands.format(client_id=self.config.client_id),
             }
         ).encode()
 
@@ -246,7 +293,14 @@ class Service:
 
     def enqueue(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
         """Called by paho's network thread: hand the message to the worker, nothing else."""
+        if topic == self.command_topic:
+            self.queue.put((Command(payload), b"", mid, qos))
+            return
         self.queue.put((topic, payload, mid, qos))
+
+    def _on_fatal(self, why: str) -> None:
+        self.fatal = why
+        self.stop()
 
     def health(self) -> dict[str, Any]:
         ok = self.transport.connected.is_set() and self.worker.is_alive()
@@ -289,14 +343,122 @@ class Service:
     def run(self) -> int:
         """Start, wait for `stop()`, shut down in order; returns the exit status."""
         self.start()
+        notify = self.notifier
+        notify.send(READY="1", STATUS=f"serving model {self.manifest.model_id}")
+        tick = min(0.5, notify.watchdog_interval or 0.5)
         status = 0
-        while not self.stopping.wait(0.5):
+        while not self.stopping.wait(tick):
             if not self.worker.is_alive():
                 log.error("The worker thread died; stopping")
                 status = 1
                 break
+            # The worker wakes at least once a second; a longer silence means it is stuck.
+            if notify.watchdog_interval is not None and time.monotonic() - self._beat < 10.0:
+                notify.send(WATCHDOG="1")
+            self._watch_model()
+        notify.send(STOPPING="1")
         self.shutdown()
-        return status
+        return FATAL_EXIT if self.fatal is not None else status
+
+    # -- model rollout -------------------------------------------------------------------------
+
+    def _watch_model(self) -> None:
+        """Reload when asked, or when the model file was replaced and has stopped changing."""
+        now = file_identity(self.config.model)
+        if now != self._model_file and now is not None:
+            time.sleep(0.2)  # a file still being written changes again
+            if file_identity(self.config.model) != now:
+                return
+            self._model_file = now
+            self.reload("file")
+        elif self._reload_wanted.is_set():
+            self._reload_wanted.clear()
+            self._model_file = now
+            self.reload("command")
+
+    def reload(self, source: str) -> bool:
+        """Load and check the model file beside the live model; queue the swap if it is fit.
+        A file that cannot serve is rejected and reported, and the live model keeps serving."""
+        live = self.manifest
+        try:
+            model, freq = load_model(self.config)
+            m = model.manifest
+            if m.features != live.features:
+                raise EdgeError(
+                    f"it takes features {list(m.features)}, but the sensors send "
+                    f"{list(live.features)} (a new feature set needs a restart)"
+                )
+            model.step(np.zeros(m.n_features, np.float32) if m.kind == "step" else
+                       np.zeros((m.lookback or 1, m.n_features), np.float32), model.zero_state())
+        except Exception as exc:  # an EdgeError, or onnxruntime failing on the test step
+            detail = " ".join(str(exc).split())
+            log.error("Rejected the new model file %s: %s; model %s keeps serving",
+                      self.config.model, detail, live.model_id)
+            self.metrics.reloads_failed += 1
+            self._event("reload", ok=False, source=source, detail=detail)
+            return False
+        if m.model_id == live.model_id:
+            log.info("Model file %s holds the live model %s already", self.config.model,
+                     live.model_id)
+            self._event("reload", ok=True, source=source, states="unchanged", previous=None)
+            return True
+        log.info("Loaded model %s from %s; switching from %s", m.model_id, self.config.model,
+                 live.model_id)
+        self.queue.put(Swap(model, freq, source))
+        return True
+
+    def _swap(self, swap: Swap) -> None:
+        """Worker: put the new model in service between two messages, keeping the states when
+        their layout is the same and starting them afresh (reported) when it is not."""
+        old_id = self.manifest.model_id
+        self._maybe_checkpoint(force=True)
+        old_store = self.processor.store
+        proc = Processor(self.config, swap.model, swap.freq, self._publish, self.metrics,
+                         store=old_store)
+        kept = proc.store is old_store
+        if not kept and self.config.state_dir is not None:
+            proc.store.load(self.config.state_dir)  # e.g. a rollback to a model seen before
+        self.processor, self.model, self.manifest = proc, swap.model, swap.model.manifest
+        self.metrics.model_id = self.manifest.model_id
+        self.metrics.reloads += 1
+        if not kept:
+            self.metrics.reset("reload", len(old_store))
+        log.info("Model %s is live (was %s); the states of %d streams were %s", self.manifest
+                 .model_id, old_id, len(old_store), "kept" if kept else "reset")
+        self._event("reload", ok=True, source=swap.source, previous=old_id,
+                    states="kept" if kept else "reset", streams=len(old_store))
+        self._status_counts = (-1, -1)  # republish the retained status with the new model id
+        self._update_gauges()
+
+    def _command(self, text: bytes) -> None:
+        """Worker: `reload`, `reset STREAM` or `drop STREAM` from the commands topic."""
+        words = text.decode("utf-8", "replace").split(maxsplit=1)
+        verb = words[0].lower() if words else ""
+        if verb == "reload" and len(words) == 1:
+            self._reload_wanted.set()
+            return
+        store = self.processor.store
+        if verb in ("reset", "drop") and len(words) == 2:
+            stream = words[1].strip()
+            known = store.get(stream) is not None
+            if known and verb == "reset":
+                last_t = store.streams[stream].last_t
+                store.reset(stream).last_t = last_t
+                self.metrics.reset("command")
+            elif known:
+                store.drop(stream)
+            log.info("Command %s %s: %s", verb, stream, "done" if known else "unknown stream")
+            self._event(verb, ok=known, stream=stream,
+                        **({} if known else {"detail": "unknown stream"}))
+            return
+        log.warning("Ignored the command %r on %s", truncate(text, 80), self.command_topic)
+        self._event("command", ok=False, detail=f"unknown command {truncate(text, 80)!r}; "
+                    "expected 'reload', 'reset STREAM' or 'drop STREAM'")
+
+    def _event(self, event: str, **fields: Any) -> None:
+        """Publish a non-retained event (reloads, commands) next to the status topic."""
+        body = {"event": event, "model": self.manifest.model_id, **fields}
+        self.transport.publish(self.events_topic, json.dumps(body).encode(), 1)
 
     def shutdown(self) -> None:
         log.info("Stopping: finishing the messages in hand")
@@ -324,6 +486,7 @@ class Service:
         store = proc.store
         running = True
         while running:
+            self._beat = time.monotonic()
             timeout = 1.0
             if store.dirty:
                 timeout = max(0.0, self._last_checkpoint + interval - time.monotonic())
@@ -337,14 +500,23 @@ class Service:
                     batch.append(get_nowait())
                 except queue.Empty:
                     break
-            acks = []
+            acks: list[tuple[int, int]] = []
             for item in batch:
                 if item is _STOP:
                     running = False
                     break
+                if isinstance(item, Swap):
+                    self._flush(acks)
+                    acks = []
+                    self._swap(item)
+                    proc, store = self.processor, self.processor.store
+                    continue
                 topic, payload, mid, qos = item
                 try:
-                    proc.handle(topic, payload)
+                    if isinstance(topic, Command):
+                        self._command(topic.text)
+                    else:
+                        proc.handle(topic, payload)
                 except Exception:  # handle() reports its own failures; this is the last guard
                     log.exception("Failed to report a problem with a message on %s", topic)
                 acks.append((mid, qos))

@@ -90,6 +90,21 @@ class StateStore:
         self.dirty = True
         return st
 
+    def drop(self, stream: str) -> bool:
+        """Forget a stream entirely (it starts afresh if it comes back); False if unknown."""
+        if self.streams.pop(stream, None) is None:
+            return False
+        self.dirty = True
+        return True
+
+    def same_layout(self, other: StateStore) -> bool:
+        """True when `other`'s states fit this store's model (so states can carry over)."""
+        return (
+            self.lookback == other.lookback
+            and self.n_features == other.n_features
+            and [z.shape for z in self._zero] == [z.shape for z in other._zero]
+        )
+
     def __len__(self) -> int:
         return len(self.streams)
 

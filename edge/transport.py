@@ -5,6 +5,10 @@ paho's own network thread (`loop_start`) does all socket I/O; it runs with
 exponential backoff and jitter. Messages are acknowledged by the application (`manual_ack`) once
 they are processed, so a message in hand at a crash or shutdown is delivered again by the broker.
 paho's return codes become exceptions or log lines here and go no further.
+
+Faults that retrying cannot mend end the connection for good and set `fatal` (one sentence): the
+broker refusing the credentials, a failed TLS handshake, or a broker that keeps closing the
+connection before it answers CONNECT (a plain client on a TLS listener, or the reverse).
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ log = logging.getLogger(__name__)
 # (topic, payload, mid, qos)
 MessageHandler = Callable[[str, bytes, int, int], None]
 
+# CONNACK reason codes (MQTT 5 numbering; paho maps 3.1.1 return codes 4 and 5 onto 134 and 135).
+BAD_CREDENTIALS = {134, 135, 140}  # bad user name or password, not authorized, bad auth method
+EARLY_CLOSES = 4  # closed before CONNACK this many times in a row, never connected: fatal
+
 
 def backoff(attempt: int, low: float, high: float) -> float:
     """Capped exponential backoff with jitter: uniform in [d/2, d], d = min(high, low·2^attempt)."""
@@ -51,8 +59,14 @@ class Transport:
         online: Callable[[], bytes],
         offline: bytes,
         metrics: Metrics | None = None,
+        on_fatal: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
+        self.on_fatal = on_fatal
+        self.fatal: str | None = None
+        self._early_closes = 0
+        self._connack = False
+        self._denied_logged = 0.0
         self.url = config.broker_url
         self.handler = on_message
         self.status_topic = status_topic
@@ -88,19 +102,25 @@ class Transport:
         if config.tls:
             try:
                 client.tls_set(
-                    ca_certs=config.tls_ca,
-                    certfile=config.tls_cert,
-                    keyfile=config.tls_key,
-                    cert_reqs=ssl.CERT_REQUIRED,
+                    ca_certs=config.ca_file,
+                    certfile=config.cert_file,
+                    keyfile=config.key_file,
+                    cert_reqs=ssl.CERT_NONE if config.tls_insecure else ssl.CERT_REQUIRED,
                 )
             except (OSError, ssl.SSLError) as exc:
                 raise EdgeError(f"TLS settings cannot be used ({exc})") from None
             if config.tls_insecure:
                 client.tls_insecure_set(True)
+                log.warning(
+                    "tls_insecure is set: the broker's certificate is NOT verified, so anyone "
+                    "on the path can read and forge messages. Use ca_file in production."
+                )
         client.will_set(status_topic, offline, qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        self.command_topic = config.commands.format(client_id=config.client_id)
         self.client = client
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -147,13 +167,23 @@ class Transport:
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
+        self._connack = True
         if reason.is_failure:
+            if reason.value in BAD_CREDENTIALS:
+                user = self.config.username or self.url.username
+                who = f"of user {user!r}" if user else "(no user name given)"
+                self._fail(
+                    f"broker {self.url.host}:{self.url.port} refused the credentials {who} "
+                    f"({reason})"
+                )
+                return
             log.warning("Broker %s refused the connection: %s", self.url, reason)
             return
         sock = client.socket()
         if isinstance(sock, socket.socket):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._attempt = 0
+        self._early_closes = 0
         if self._ever_connected:
             self.metrics.reconnects += 1
         self._ever_connected = True
@@ -165,6 +195,7 @@ class Transport:
             "resumed" if session else "new",
         )
         subs = [(p, self.config.qos) for p in self.config.subscribe]
+        subs.append((self.command_topic, 1))
         result, _ = client.subscribe(subs)
         if result != mqtt.MQTT_ERR_SUCCESS:
             log.warning("Subscribing failed: %s", mqtt.error_string(result))
@@ -193,6 +224,24 @@ class Transport:
             return
         self.handler(topic, bytes(msg.payload), msg.mid, msg.qos)
 
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any
+    ) -> None:
+        """A QoS 1 publish the broker refused (MQTT 5 PUBACK reason, e.g. an ACL denial): count
+        it and log at most once a minute; the daemon carries on. MQTT 3.1.1 brokers drop denied
+        publishes silently, so only MQTT 5 can report them."""
+        if not getattr(reason, "is_failure", False):
+            return
+        self.metrics.drop("publish_denied")
+        now = time.monotonic()
+        if now - self._denied_logged >= 60.0:
+            self._denied_logged = now
+            log.warning(
+                "Broker %s refused a publication (%s): check its ACL for this daemon's user "
+                "(further refusals are counted in drops{reason=\"publish_denied\"} and logged "
+                "at most once a minute)", self.url, reason,
+            )
+
     # -- supervisor ----------------------------------------------------------------------------
 
     def _connect_once(self) -> None:
@@ -208,21 +257,63 @@ class Transport:
         if isinstance(sock, socket.socket):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+    def _fail(self, why: str) -> None:
+        """End for good: retrying cannot mend this."""
+        if self.fatal is None:
+            self.fatal = why
+            log.error("%s", why)
+        self._closing.set()
+        self._down.set()
+        if self.on_fatal is not None:
+            self.on_fatal(why)
+
     def _supervise(self) -> None:
+        where = f"{self.url.host}:{self.url.port}"
         while not self._closing.is_set():
             self._down.clear()
+            self._connack = False
             try:
                 self._connect_once()
-            except (OSError, ssl.SSLError, ValueError) as exc:
+            except ssl.SSLCertVerificationError as exc:
+                self._fail(f"TLS handshake with broker {where} failed: its certificate could not "
+                           f"be verified ({exc.verify_message}); check that ca_file is the CA "
+                           "that signed it")
+                break
+            except (
+                ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError, ConnectionResetError
+            ) as exc:
+                self._closed_early(where, f"{self.url} closed the connection at once ({exc})")
+                continue
+            except ssl.SSLError as exc:
+                self._fail(f"TLS handshake with broker {where} failed ({exc.reason or exc})")
+                break
+            except (OSError, ValueError) as exc:
                 self._wait_before_retry(f"cannot reach {self.url} ({exc})")
                 continue
             self.client.loop_start()
             while not self._down.wait(1.0):
                 pass
+            self.client.loop_stop()
             if self._closing.is_set():
                 break
-            self.client.loop_stop()
-            self._wait_before_retry("connection lost")
+            if not self._connack:
+                self._closed_early(where, "connection closed before the broker answered")
+            else:
+                self._wait_before_retry("connection lost")
+
+    def _closed_early(self, where: str, why: str) -> None:
+        """Closed before CONNACK. Repeated on a daemon that never connected, it is a protocol
+        mismatch (mqtt:// against a TLS listener or mqtts:// against a plain one), not a fault."""
+        self._early_closes += 1
+        if not self._ever_connected and self._early_closes >= EARLY_CLOSES:
+            other = "mqtt://" if self.url.tls else "mqtts://"
+            self._fail(
+                f"broker {where} closed the connection {self._early_closes} times before "
+                f"answering; if that port is a {'plain TCP' if self.url.tls else 'TLS'} "
+                f"listener, use {other}"
+            )
+            return
+        self._wait_before_retry(why)
 
     def _wait_before_retry(self, why: str) -> None:
         delay = backoff(self._attempt, self.config.reconnect_min, self.config.reconnect_max)

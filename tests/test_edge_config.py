@@ -40,12 +40,25 @@ def test_defaults_and_validation() -> None:
         {"subscribe": ()}, {"subscribe": ("a/#/b",)}, {"publish": "f/+"}, {"qos": 2},
         {"client_id": "a/b"}, {"on_gap": "maybe"}, {"stream_level": -1},
         {"stream_level": 1, "stream_field": "id"}, {"checkpoint_interval": 5.0},
-        {"tls_ca": "/nonexistent/ca.crt"}, {"mqtt_version": "4"},
+        {"broker": "mqtts://h", "ca_file": "/nonexistent/ca.crt"}, {"mqtt_version": "4"},
+        {"ca_file": __file__}, {"tls_insecure": True}, {"commands": "cmd/{stream}"},
+        {"broker": "mqtts://h", "cert_file": __file__},
     ]
     for kw in bad:
         args: dict[str, object] = {"model": "m.onnx", "subscribe": ("s/+/t",), **kw}
         with pytest.raises(EdgeError):
             EdgeConfig(**args)  # type: ignore[arg-type]
+
+
+def test_tls_names_and_their_earlier_aliases(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.crt"
+    ca.write_text("not checked here")
+    c = EdgeConfig.build({"model": "m.onnx", "subscribe": "s/+/t", "broker": "mqtts://h",
+                          "tls-ca": str(ca), "tls_insecure": True})
+    assert c.ca_file == str(ca) and c.tls and c.tls_insecure
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text('model = "m.onnx"\nbroker = "mqtts://h"\nca_file = "ca.crt"\n')
+    assert read_toml(cfg)["ca_file"] == str(ca)
 
 
 def test_toml_and_flags_override(tmp_path: Path) -> None:

@@ -94,7 +94,13 @@ def test_replay_several_streams_matches_stepmodel(
         want = expected(models["step"], [t for _, t in series[s]])
         np.testing.assert_allclose([p["forecast"] for p in mine], want, atol=1e-6, rtol=0)
         assert all(p["model"] == "test-step" for p in mine)
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    deadline = time.monotonic() + 5.0  # the gauges follow at the checkpoint cadence (0.5 s)
+    while True:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        text = text.decode()
+        if "statecast_edge_active_streams 3" in text or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert f"statecast_edge_messages_received_total {n * len(streams)}" in text
     assert f"statecast_edge_predictions_published_total {n * len(streams)}" in text
     assert "statecast_edge_active_streams 3" in text
