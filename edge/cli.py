@@ -28,7 +28,7 @@ N, or --stream-field KEY of the payload).
 Payloads: {{"ts": ISO-8601 or epoch, "<feature>": number}}.
 The broker password is read from --password-file or ${PASSWORD_ENV}.
 Send 'reload', 'reset STREAM' or 'drop STREAM' to the commands topic; replacing the model file
-(atomic rename) also reloads it.
+(atomic rename) or SIGHUP also reloads it.
 Exit status: 0 after SIGTERM/SIGINT, 2 bad arguments, config or model, 3 the broker refused the
 credentials or the TLS handshake failed (retrying would not help), 1 an internal failure.
 """
@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--config", metavar="FILE.toml", help="settings file; flags override it")
     add("--check-config", action="store_true",
         help="validate the model, manifest, topics and settings, then exit")
-    add("--mqtt-version", choices=("3.1.1", "5"), help="protocol version (default 3.1.1)")
+    add("--mqtt-version", choices=("3.1.1", "5"), help="protocol version (default 5; "
+        "only MQTT 5 reports publications the broker's ACL refuses)")
     add("--username", help="broker user name")
     add("--password-file", metavar="FILE", help=f"file holding the broker password "
         f"(or set ${PASSWORD_ENV})")
@@ -136,8 +137,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("Received %s", signal.Signals(signum).name)
         service.stop()
 
+    def on_hangup(signum: int, frame: FrameType | None) -> None:
+        log.info("Received SIGHUP: reloading the model file")
+        service.request_reload()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     log.info(
         "Starting statecast-edge: model %s (%s, %s, features %s, horizon %d, freq %s) from %s",
         m.model_id, m.kind, m.task, ",".join(m.features), m.horizon, m.freq, config.model,

@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--client-id", default="", metavar="ID")
     add("--username")
     add("--password-file", metavar="FILE", help=f"or set ${PASSWORD_ENV}")
-    add("--tls-ca", metavar="FILE")
+    add("--ca-file", "--tls-ca", dest="tls_ca", metavar="FILE", help="CA of the broker (mqtts://)")
     add("--quiet", action="store_true", help="no summary line")
     return p
 

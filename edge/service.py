@@ -376,6 +376,11 @@ class Service:
             self._model_file = now
             self.reload("command")
 
+    def request_reload(self) -> None:
+        """Ask for a reload of the model file (SIGHUP, the `reload` command); the main thread
+        does it within half a second."""
+        self._reload_wanted.set()
+
     def reload(self, source: str) -> bool:
         """Load and check the model file beside the live model; queue the swap if it is fit.
         A file that cannot serve is rejected and reported, and the live model keeps serving."""
@@ -435,7 +440,7 @@ class Service:
         words = text.decode("utf-8", "replace").split(maxsplit=1)
         verb = words[0].lower() if words else ""
         if verb == "reload" and len(words) == 1:
-            self._reload_wanted.set()
+            self.request_reload()
             return
         store = self.processor.store
         if verb in ("reset", "drop") and len(words) == 2:

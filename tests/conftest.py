@@ -8,13 +8,16 @@ to a temporary directory, with `set_tcp_nodelay true`. It is found as $STATECAST
 from __future__ import annotations
 
 import json
+import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -28,7 +31,11 @@ from edge_models import build_model
 from bench.broker import Mosquitto, find_mosquitto, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-__all__ = ["ROOT", "Collector", "Daemon", "Mosquitto", "free_port", "replay"]
+DEPLOY = ROOT / "deploy" / "mosquitto"
+__all__ = [
+    "DEPLOY", "PASSWORDS", "ROOT", "Collector", "Daemon", "Mosquitto", "free_port", "replay",
+    "tls_client",
+]
 
 
 @pytest.fixture(scope="session")
@@ -204,3 +211,59 @@ def daemon_factory(tmp_path: Path) -> Iterator[object]:
         if d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait(5)
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipped secured broker config (deploy/mosquitto): passwords, ACL, a TLS listener
+
+PASSWORDS = {"edge": "edge-pw", "sensor": "sensor-pw", "viewer": "viewer-pw"}
+
+
+@pytest.fixture
+def secure_broker(mosquitto_binary: str, tmp_path: Path) -> Any:
+    if shutil.which("openssl") is None or shutil.which("mosquitto_passwd") is None:
+        pytest.fail("openssl and mosquitto_passwd are needed ('make test' installs them as root)")
+    d = tmp_path / "secure"
+    d.mkdir()
+    d.chmod(0o755)
+    subprocess.run([str(DEPLOY / "make-certs.sh"), str(d), "localhost"], check=True,
+                   capture_output=True)
+    for key in ("server.key", "ca.key"):
+        (d / key).chmod(0o644)  # readable by whichever user mosquitto runs as
+    passwd = d / "passwd"
+    for i, (user, pw) in enumerate(PASSWORDS.items()):
+        flags = ["-c"] if i == 0 else []
+        subprocess.run(["mosquitto_passwd", *flags, "-b", str(passwd), user, pw], check=True,
+                       capture_output=True)
+    passwd.chmod(0o644)
+    shutil.copy(DEPLOY / "acl", d / "acl")
+    plain, tls = free_port(), free_port()
+    conf = (DEPLOY / "mosquitto.conf").read_text()
+    conf = (conf.replace("/etc/mosquitto/statecast", str(d))
+            .replace("listener 1883 127.0.0.1", f"listener {plain} 127.0.0.1")
+            .replace("listener 8883", f"listener {tls} 127.0.0.1")
+            .replace("persistence true", "persistence false")
+            .replace("persistence_location /var/lib/mosquitto/", f"persistence_location {d}/")
+            .replace("log_dest syslog", "log_dest stderr"))
+    m = Mosquitto(mosquitto_binary, d / "run", port=plain)
+    m.config.write_text(conf + ("user root\n" if "user root" in m.config.read_text() else ""))
+    m.start()
+    yield m, tls, d
+    m.stop()
+
+
+def tls_client(port: int, user: str, ca: Path, topics: list[str] | None = None) -> Any:
+    got: list[tuple[str, bytes]] = []
+    ready = threading.Event()
+    c = mqtt.Client(CallbackAPIVersion.VERSION2)
+    c.username_pw_set(user, PASSWORDS[user])
+    c.tls_set(ca_certs=str(ca), cert_reqs=ssl.CERT_REQUIRED)
+    c.on_connect = lambda cl, u, f, rc, p: (
+        cl.subscribe([(t, 1) for t in topics]) if topics else ready.set()
+    )
+    c.on_subscribe = lambda *a: ready.set()
+    c.on_message = lambda cl, u, msg: got.append((msg.topic, msg.payload))
+    c.connect("localhost", port)
+    c.loop_start()
+    assert ready.wait(10)
+    return c, got
