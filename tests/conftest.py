@@ -8,6 +8,7 @@ to a temporary directory, with `set_tcp_nodelay true`. It is found as $STATECAST
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import ssl
@@ -150,13 +151,13 @@ class Collector:
 class Daemon:
     """`python -m edge.cli ...` as a real subprocess, logging to a file."""
 
-    def __init__(self, args: list[str], log_path: Path) -> None:
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
         self.log_path = log_path
         self.args = args
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "edge.cli", *args], stdout=log, stderr=subprocess.STDOUT,
-                cwd=ROOT,
+                cwd=ROOT, env=None if env is None else {**os.environ, **env},
             )
 
     def log(self) -> str:

@@ -253,7 +253,7 @@ def test_image_and_compose_command_lines_run_here(
         "/models/temps.onnx": str(models["step2"]),
         "/data/seattle-temps.csv": str(SEATTLE),
     }
-    viewer, got = tls_client(tls_port, "viewer", d / "ca.crt", ["forecasts/#"])
+    viewer, got = tls_client(tls_port, "viewer", d / "ca.crt", ["forecasts/#", "statecast/#"])
     image = Daemon(swap(argv[1:], table), tmp_path / "image.log")
     # The compose service runs the image's ENTRYPOINT with its own command.
     entry = json.loads(next(a for k, a in steps if k == "ENTRYPOINT"))
@@ -261,11 +261,8 @@ def test_image_and_compose_command_lines_run_here(
     composed = Daemon(swap([*entry[1:], *services["edge"]["command"]], table),
                       tmp_path / "compose.log")
     try:
-        sensor, _ = tls_client(tls_port, "sensor", d / "ca.crt")
-        assert wait(lambda: b"Connected to" in (tmp_path / "image.log").read_bytes()
-                    and b"Connected to" in (tmp_path / "compose.log").read_bytes()), \
-            image.log() + composed.log()
-        time.sleep(0.3)  # both subscribed
+        online = {"statecast/status/image-edge", "statecast/status/statecast-edge-compose"}
+        assert wait(lambda: online <= {t for t, _ in got}), image.log() + composed.log()
         replay = subprocess.run(
             [*REPLAY, *swap(services["replay"]["command"], table), "--count=12"],
             check=False, capture_output=True, text=True, cwd=ROOT, timeout=60,
@@ -273,8 +270,6 @@ def test_image_and_compose_command_lines_run_here(
         assert replay.returncode == 0, replay.stderr
         assert wait(lambda: sum(1 for t, _ in got if t == "forecasts/seattle") >= 24), \
             image.log() + composed.log()
-        sensor.disconnect()
-        sensor.loop_stop()
     finally:
         codes = (image.stop(), composed.stop())
         viewer.disconnect()

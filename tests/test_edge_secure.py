@@ -76,6 +76,33 @@ def exits_with(daemon: Daemon, timeout: float = 20.0) -> int:
         raise AssertionError(f"the daemon kept running: {daemon.log()[-2000:]}") from None
 
 
+def test_password_from_the_environment(
+    secure_broker: Any, models: dict[str, Path], tmp_path: Path
+) -> None:
+    _broker, tls_port, d = secure_broker
+    viewer, got = tls_client(tls_port, "viewer", d / "ca.crt", ["forecasts/#", "statecast/#"])
+    daemon = Daemon(
+        ["--model", str(models["step"]), "--broker", f"mqtts://localhost:{tls_port}",
+         "--subscribe", "sensors/+/temp", "--client-id", f"edge-{uuid.uuid4().hex[:6]}",
+         "--username", "edge", "--ca-file", str(d / "ca.crt")],
+        tmp_path / "daemon.log", env={"STATECAST_MQTT_PASSWORD": PASSWORDS["edge"]},
+    )
+    sensor = None
+    try:
+        assert wait(lambda: any(t.startswith("statecast/status/") for t, _ in got)), daemon.log()
+        sensor, _ = tls_client(tls_port, "sensor", d / "ca.crt")
+        sensor.publish("sensors/env1/temp", json.dumps({"ts": 0, "temp": 50.0}), qos=1)
+        assert wait(lambda: any(t == "forecasts/env1" for t, _ in got)), daemon.log()
+    finally:
+        if sensor is not None:
+            sensor.disconnect()
+            sensor.loop_stop()
+        assert daemon.stop() == 0
+        viewer.disconnect()
+        viewer.loop_stop()
+    assert PASSWORDS["edge"] not in daemon.log()
+
+
 def test_wrong_password_ends_with_status_3(
     secure_broker: Any, models: dict[str, Path], tmp_path: Path
 ) -> None:
