@@ -60,6 +60,8 @@ def secure_daemon(
 ) -> Daemon:
     (tmp_path / "pw").write_text(password + "\n")
     tls = ["--ca-file", str(ca or d / "ca.crt")] if scheme == "mqtts" else []
+    if "--tls-insecure" in extra:
+        tls = []
     return Daemon(
         ["--model", str(models["step"]), "--broker", f"{scheme}://localhost:{tls_port}",
          "--subscribe", "sensors/+/temp", "--client-id", f"edge-{uuid.uuid4().hex[:6]}",
@@ -101,6 +103,22 @@ def test_password_from_the_environment(
         viewer.disconnect()
         viewer.loop_stop()
     assert PASSWORDS["edge"] not in daemon.log()
+
+
+def test_tls_insecure_connects_without_the_ca_and_says_so(
+    secure_broker: Any, models: dict[str, Path], tmp_path: Path
+) -> None:
+    _broker, tls_port, d = secure_broker
+    viewer, got = tls_client(tls_port, "viewer", d / "ca.crt", ["statecast/#"])
+    daemon = secure_daemon(tls_port, d, models, tmp_path, PASSWORDS["edge"], "--tls-insecure",
+                           scheme="mqtts", ca=None)
+    try:
+        assert wait(lambda: any(t.startswith("statecast/status/") for t, _ in got)), daemon.log()
+    finally:
+        assert daemon.stop() == 0
+        viewer.disconnect()
+        viewer.loop_stop()
+    assert "tls_insecure is set: the broker's certificate is NOT verified" in daemon.log()
 
 
 def test_wrong_password_ends_with_status_3(
