@@ -1,7 +1,9 @@
-"""Step one stream's state through the onnxruntime session. No I/O; tested without a broker.
+"""Step stream states through the onnxruntime session. No I/O; tested without a broker.
 
 It calls the session that `StepModel` opened directly, with feed names prepared once, to keep the
-per-message path short; the numbers are the same as `StepModel.step`.
+per-message path short; the numbers are the same as `StepModel.step`. `step_many` advances many
+streams by one observation each in one run of a dynamic-batch step graph (micro-batching); each
+row of a batched LSTM is computed independently, so the results equal stepping each stream alone.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class Runner:
         self.outputs = [m.output] + [s.output for s in m.state]
         self.lookback = m.lookback if m.kind == "window" else None
         self.last_seconds = 0.0
+        # many streams per run: a step graph with a symbolic batch dimension
+        self.batched = m.kind == "step" and model.dynamic_batch
 
     def zero_state(self) -> list[np.ndarray]:
         return self.model.zero_state(1) if self.kind == "step" else []
@@ -60,3 +64,25 @@ class Runner:
         st.filled = filled
         st.count += 1
         return y
+
+    def step_many(self, sts: list[StreamState], x: np.ndarray) -> np.ndarray:
+        """Advance each of `sts` (distinct streams) by its row of `x` ([N, F] float32) in one
+        session run; returns the forecasts [N, ...]. All states change only if the run succeeds.
+        `last_seconds` holds the session time of the run. Needs `batched`; with one stream it
+        is `step_one`."""
+        if len(sts) == 1 or not self.batched:
+            ys = [self.step_one(st, row) for st, row in zip(sts, x, strict=True)]
+            return np.concatenate([y for y in ys if y is not None])
+        feeds = {self.input: x}
+        for j, name in enumerate(self.state_in):
+            feeds[name] = np.concatenate([st.state[j] for st in sts])
+        t0 = time.perf_counter()
+        out = self.session.run(self.outputs, feeds)
+        self.last_seconds = time.perf_counter() - t0
+        # each stream gets its own copy of its rows (not views), so a stream that goes quiet
+        # does not keep a whole batch's arrays alive
+        new = out[1:]
+        for i, st in enumerate(sts):
+            st.state = [o[i : i + 1].copy() for o in new]
+            st.count += 1
+        return np.asarray(out[0])
