@@ -48,7 +48,6 @@ try:  # several times faster than the standard library on the per-message path; 
 
     _FAST_ERRORS: tuple[type[Exception], ...] = (orjson.JSONDecodeError,)
 except ImportError:  # pragma: no cover - the edge extra installs orjson
-    orjson = None
 
     def _loads(payload: bytes) -> Any:
         return json.loads(payload.decode("utf-8"))
