@@ -26,6 +26,7 @@ from paho.mqtt.properties import Properties
 from edge.config import EdgeConfig
 from edge.errors import EdgeError
 from edge.metrics import Metrics
+from edge.sockbuf import buffer_reads
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class Transport:
         if not self.v5:
             kwargs["clean_session"] = False
         client = mqtt.Client(**kwargs)
+        buffer_reads(client)  # one recv() for many packets, TCP_NODELAY from the start
         client.max_inflight_messages_set(1000)
         client.max_queued_messages_set(100_000)
         username = config.username or self.url.username
