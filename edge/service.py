@@ -450,6 +450,7 @@ class Service:
                 proc.handle_many(messages)
             except Exception:  # handle_many() reports its own failures; this is the last guard
                 log.exception("Failed to process a batch of %d messages", len(messages))
+            self.metrics.streams = len(store)  # before the results go out
             self._flush([(item[2], item[3]) for item in batch])
             if store.dirty and monotonic() - self._last_checkpoint >= interval:
                 self._maybe_checkpoint()
