@@ -196,7 +196,8 @@ def first_forecast(cmd: list[str], port: int, tag: str) -> tuple[float, float]:
         elapsed = time.perf_counter() - t0
         load.seq = 1000 * (k + 1)  # later observations of every stream
         load.send(1000)
-        load.wait(lambda: load.got >= 1001, 120)
+        if not load.wait(lambda: load.got >= 1001, 120) or proc.poll() is not None:
+            raise RuntimeError(f"{tag}: {load.got - 1} of 1000 forecasts, exit {proc.poll()}")
         time.sleep(0.5)
         return elapsed, rss_mib(proc.pid)[0]
     finally:

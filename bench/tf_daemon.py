@@ -25,6 +25,7 @@ def main() -> int:
     path, port, pattern, prefix, cid = sys.argv[1:6]
     import keras
     import paho.mqtt.client as mqtt
+    import tensorflow as tf
     from paho.mqtt.enums import CallbackAPIVersion
 
     from bench.models import keras_step_model
@@ -32,7 +33,7 @@ def main() -> int:
     model = keras.saving.load_model(path)
     step = keras_step_model(model)
     n_state = len(step.inputs) - 1
-    zero = [np.zeros(tuple(i.shape), np.float32) for i in step.inputs[1:]]
+    zero = [tf.zeros(tuple(i.shape), tf.float32) for i in step.inputs[1:]]
     states: dict[str, list[Any]] = {}
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid)
 
@@ -47,7 +48,7 @@ def main() -> int:
         stream = msg.topic.split("/")[1]
         doc = json.loads(msg.payload)
         state = states.get(stream) or zero
-        x = np.array([[[doc["temp"]]]], np.float32)
+        x = tf.constant(np.array([[[doc["temp"]]]], np.float32))
         out = step([x, *state], training=False)
         states[stream] = list(out[1 : 1 + n_state])
         y = keras.ops.convert_to_numpy(out[0])[0]

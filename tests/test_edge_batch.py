@@ -29,28 +29,41 @@ def twins(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def test_step_many_equals_step_one(twins: tuple[Path, Path]) -> None:
+    """Batches of changing membership, more streams than the state tables first hold, streams
+    replaced (as a gap reset does) and stepped alone in between: always what stepping alone
+    gives."""
     one, dyn = Runner(StepModel(twins[0])), Runner(StepModel(twins[1]))
     assert dyn.batched and not one.batched
     rng = np.random.default_rng(0)
-    n = 37
+    n = 300  # the tables start with 256 rows
     alone = [StreamState(state=[rng.normal(0, 0.5, (1, 16)).astype(np.float32)
                                 for _ in range(2)]) for _ in range(n)]
     together = [StreamState(state=[s.copy() for s in st.state]) for st in alone]
-    for _ in range(3):
-        x = rng.normal(50, 10, (n, 2)).astype(np.float32)
-        ys = dyn.step_many(together, x)
-        assert ys.shape == (n, 4)
-        for i, st in enumerate(alone):
-            y = one.step_one(st, x[i])
+    for step in range(6):
+        members = sorted(rng.choice(n, size=int(rng.integers(2, n)), replace=False).tolist())
+        x = rng.normal(50, 10, (len(members), 2)).astype(np.float32)
+        ys = dyn.step_many([together[i] for i in members], x)
+        assert ys.shape == (len(members), 4)
+        for k, i in enumerate(members):
+            y = one.step_one(alone[i], x[k])
             assert y is not None
-            np.testing.assert_allclose(ys[i : i + 1], y, atol=1e-6, rtol=0)
-            for a, b in zip(st.state, together[i].state, strict=True):
-                np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
-                assert b.shape == (1, 16) and b.base is None
-    assert [st.count for st in together] == [3] * n
+            np.testing.assert_allclose(ys[k : k + 1], y, atol=1e-6, rtol=0)
+        if step % 2:  # replace some streams by fresh ones, step one stream alone
+            for i in rng.choice(n, size=40, replace=False).tolist():
+                alone[i] = StreamState(state=[np.zeros((1, 16), np.float32)] * 2)
+                together[i] = StreamState(state=[np.zeros((1, 16), np.float32)] * 2)
+            xi = np.full(2, 45.0, np.float32)
+            dyn.step_one(together[7], xi)
+            one.step_one(alone[7], xi)
+    for a_st, b_st in zip(alone, together, strict=True):
+        assert a_st.count == b_st.count
+        for a, b in zip(a_st.state, b_st.state, strict=True):
+            assert b.shape == (1, 16)
+            np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
     # states are not shared between streams: stepping one leaves the others alone
     before = [s.copy() for s in together[1].state]
     dyn.step_many(together[:1], np.ones((1, 2), np.float32))
+    dyn.step_many([together[0], together[2]], np.ones((2, 2), np.float32))
     for a, b in zip(before, together[1].state, strict=True):
         np.testing.assert_array_equal(a, b)
 
