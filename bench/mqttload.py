@@ -3,7 +3,7 @@
 paho-mqtt in Python tops out near the rates the daemon is asked to reach, so a paho generator
 would measure itself. This client does only what the benchmarks need — CONNECT (clean session),
 SUBSCRIBE, PUBLISH at QoS 0/1 (sending and receiving, PUBACK both ways) — on one non-blocking
-socket driven by `select`, and reached 100,000+ messages/s through mosquitto on this machine.
+socket driven by `select`, writing many packets per `send()` and parsing many per `recv()`.
 It is not a general MQTT client and never part of statecast.
 """
 
