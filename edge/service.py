@@ -175,7 +175,6 @@ class Processor:
                 topic, stream, reason, detail, truncate(payload, 120),
             )
 
-
     def _admit(self, stream: str, obs: Observation, topic: str, payload: bytes) -> StreamState:
         """The checks before a step: the stream's state (created when new), late and duplicate
         timestamps (PayloadError), and a gap that resets the state (reported, not dropped)."""
