@@ -175,3 +175,23 @@ def test_batch_one_graph_is_stepped_one_by_one(twins: tuple[Path, Path]) -> None
     assert not proc.runner.batched
     made = proc.handle_many(traffic()[:100])
     assert made == proc.metrics.model_runs == proc.metrics.predictions_out > 50
+
+
+def test_batch_settings_from_flags_toml_and_their_limits(tmp_path: Path) -> None:
+    from edge.cli import build_parser, config_from_args
+    from edge.errors import EdgeError
+
+    args = build_parser().parse_args(["--model", "m.onnx", "--subscribe", "s/+/t",
+                                      "--max-batch", "64", "--max-delay-ms", "2.5"])
+    cfg = config_from_args(args)
+    assert (cfg.max_batch, cfg.max_delay_ms) == (64, 2.5)
+    toml = tmp_path / "edge.toml"
+    toml.write_text('model = "m.onnx"\nsubscribe = "s/+/t"\nmax_batch = 8\nmax_delay_ms = 1\n')
+    cfg = config_from_args(build_parser().parse_args(["--config", str(toml)]))
+    assert (cfg.max_batch, cfg.max_delay_ms) == (8, 1.0)
+    defaults = EdgeConfig(model="m.onnx", subscribe=("s/+/t",))
+    assert (defaults.max_batch, defaults.max_delay_ms) == (256, 0.0)
+    for bad in ({"max_batch": 0}, {"max_batch": 70_000}, {"max_delay_ms": -1.0},
+                {"max_delay_ms": 5000.0}):
+        with pytest.raises(EdgeError):
+            EdgeConfig(model="m.onnx", subscribe=("s/+/t",), **bad)  # type: ignore[arg-type]
