@@ -113,8 +113,32 @@ def rss_mib(pid: int) -> tuple[float, float]:
     return fields["VmRSS"], fields["VmHWM"]
 
 
+def profiler(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling the daemon for `seconds` into a folded-stacks file (bench extra)."""
+    spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        print("bench_daemon: py-spy not installed (pip install '.[bench]')", file=sys.stderr)
+        return None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([str(spy), "record", "-p", str(pid), "-d", str(int(seconds)),
+                             "-r", "250", "-f", "raw", "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def top_frames(folded: Path, n: int = 12) -> list[tuple[str, float]]:
+    """The functions with the most samples on top of the stack (self time), as fractions."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in folded.read_text().splitlines():
+        stack, _, k = line.rpartition(" ")
+        frame = stack.rsplit(";", 1)[-1]
+        counts[frame] = counts.get(frame, 0) + int(k)
+        total += int(k)
+    return [(f, c / total) for f, c in sorted(counts.items(), key=lambda kv: -kv[1])[:n]]
+
+
 def throughput(model: Path, port: int, tag: str, streams: int, qos: int, seconds: float,
-               window: int, extra: list[str]) -> dict[str, Any]:
+               window: int, extra: list[str], profile: Path | None = None) -> dict[str, Any]:
     load = Load(port, tag, streams, qos)
     proc = daemon(model, port, tag, qos, extra)
     try:
@@ -123,6 +147,7 @@ def throughput(model: Path, port: int, tag: str, streams: int, qos: int, seconds
         load.send(streams)  # every stream once: create the states
         if not load.wait(lambda: load.got >= streams, 60):
             raise RuntimeError(f"daemon {tag}: {load.got} of {streams} warm-up forecasts")
+        spy = profiler(proc.pid, seconds, profile) if profile is not None else None
         got0, t0 = load.got, time.perf_counter()
         end = t0 + seconds
         while time.perf_counter() < end:
@@ -135,6 +160,8 @@ def throughput(model: Path, port: int, tag: str, streams: int, qos: int, seconds
         rate = (got1 - got0) / (t1 - t0)
         complete = load.wait(lambda: load.got >= load.seq, 30)
         rss = rss_mib(proc.pid)
+        if spy is not None:
+            spy.wait(30)
         return {"obs_per_s": rate, "sent": load.seq, "received": load.got,
                 "lost": load.seq - load.got if not complete else 0, "rss_mib": rss[0],
                 "peak_rss_mib": rss[1]}
@@ -213,6 +240,9 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=1000.0, help="latency test rate (obs/s)")
     p.add_argument("--streams", default="1,100,1000")
     p.add_argument("--no-tf", action="store_true", help="skip the TensorFlow comparison")
+    p.add_argument("--profile", type=Path, metavar="DIR", help="sample the daemon with py-spy "
+                   "during the largest runs (LSTM, QoS 0 and 1) into DIR/daemon-qosN.txt "
+                   "(folded stacks); slows those runs")
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/daemon.json")
     args = p.parse_args()
     binary = find_mosquitto()
@@ -240,8 +270,15 @@ def main() -> int:
                     row: dict[str, Any] = {"streams": s, "qos": qos}
                     for name, model in (("lstm", lstm), ("identity", ident)):
                         n += 1
+                        spy_out = None
+                        if args.profile is not None and s == max(streams) and name == "lstm":
+                            spy_out = args.profile / f"daemon-qos{qos}.txt"
                         r = throughput(model, broker.port, f"t{n}", s, qos, args.seconds,
-                                       args.window, [])
+                                       args.window, [], spy_out)
+                        if spy_out is not None and spy_out.exists():
+                            r["profile_top"] = top_frames(spy_out)
+                            for frame, share in r["profile_top"]:
+                                print(f"    {share:6.1%}  {frame}", file=sys.stderr)
                         row[name] = r
                         print(f"  {s} streams QoS {qos} {name}: {r['obs_per_s']:,.0f} obs/s "
                               f"(lost {r['lost']}, RSS {r['rss_mib']:.1f} MiB)", file=sys.stderr)
