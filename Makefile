@@ -42,7 +42,13 @@ test: $(STAMP) broker lint
 demo: $(STAMP) broker
 	CUDA_VISIBLE_DEVICES= TF_CPP_MIN_LOG_LEVEL=2 $(PY) examples/demo.py
 
+# bench/ needs the bench extra (LiteRT, py-spy); results go to bench/results/*.json
 bench: $(STAMP) broker
+	$(PY) -m pip install --quiet -e '.[bench]'
+	CUDA_VISIBLE_DEVICES= TF_CPP_MIN_LOG_LEVEL=3 $(PY) bench/bench_step.py
+	CUDA_VISIBLE_DEVICES= TF_CPP_MIN_LOG_LEVEL=3 $(PY) bench/bench_processor.py
+	CUDA_VISIBLE_DEVICES= TF_CPP_MIN_LOG_LEVEL=3 $(PY) bench/bench_daemon.py
+	CUDA_VISIBLE_DEVICES= TF_CPP_MIN_LOG_LEVEL=2 $(PY) bench/bench_train_speed.py
 	CUDA_VISIBLE_DEVICES= TF_CPP_MIN_LOG_LEVEL=2 $(PY) bench/bench_train.py
 
 clean:

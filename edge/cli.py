@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--metrics-port", type=int, metavar="PORT", help="serve /metrics and /healthz")
     add("--metrics-host", metavar="HOST", help="address for --metrics-port (default 127.0.0.1)")
     add("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
+    add("--max-batch", type=int, metavar="N", help="most observations stepped in one run of a "
+        "dynamic-batch graph, one per stream (default 256)")
+    add("--max-delay-ms", type=float, metavar="MS", help="how long the worker may wait for more "
+        "messages to fill a batch (default 0: step what has arrived)")
     return p
 
 
@@ -95,7 +99,7 @@ FLAG_KEYS = (
     "mqtt_version", "username", "password_file", "ca_file", "cert_file", "key_file",
     "tls_insecure", "commands",
     "stream_level", "stream_field", "max_payload", "on_gap", "late", "metrics_port",
-    "metrics_host", "log_level",
+    "metrics_host", "log_level", "max_batch", "max_delay_ms",
 )
 
 

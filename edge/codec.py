@@ -37,6 +37,26 @@ import numpy as np
 from edge.errors import EdgeError
 from edge.manifest import Manifest
 
+try:  # several times faster than the standard library on the per-message path; optional
+    import orjson
+
+    def _loads(payload: bytes) -> Any:
+        return orjson.loads(payload)
+
+    def _dumps(value: Any) -> bytes:
+        return orjson.dumps(value)
+
+    _FAST_ERRORS: tuple[type[Exception], ...] = (orjson.JSONDecodeError,)
+except ImportError:  # pragma: no cover - the edge extra installs orjson
+
+    def _loads(payload: bytes) -> Any:
+        return json.loads(payload.decode("utf-8"))
+
+    def _dumps(value: Any) -> bytes:
+        return json.dumps(value, separators=(",", ":")).encode()
+
+    _FAST_ERRORS = (ValueError, RecursionError)
+
 UNKNOWN_STREAM = "_unknown"
 TRUNCATE = 200
 # Above this a numeric timestamp is read as milliseconds (1e11 s is the year 5138; 1e11 ms 1973),
@@ -155,13 +175,9 @@ class Decoder:
                 "too_large", f"payload of {len(payload)} bytes exceeds the {self.max_payload} limit"
             )
         try:
-            text = payload.decode("utf-8")
-        except UnicodeDecodeError:
-            raise PayloadError("not_utf8", "payload is not UTF-8") from None
-        try:
-            doc = json.loads(text)
-        except (json.JSONDecodeError, RecursionError):
-            raise PayloadError("malformed_json", "payload is not valid JSON") from None
+            doc = _loads(payload)
+        except _FAST_ERRORS:
+            doc = _strict_loads(payload)  # the exact reason, and NaN/Infinity as json reads them
         stream = None
         if isinstance(doc, dict):
             if self.stream_field is not None:
@@ -198,6 +214,18 @@ class Decoder:
         return Observation(ts_raw, ts, epoch(ts), values32, stream)
 
 
+def _strict_loads(payload: bytes) -> Any:
+    """The standard library's reading of a payload, with the reason it cannot be read."""
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PayloadError("not_utf8", "payload is not UTF-8") from None
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        raise PayloadError("malformed_json", "payload is not valid JSON") from None
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -229,7 +257,8 @@ class Encoder:
         self.steps = [freq * k for k in range(1, self.horizon + 1)] if freq else None
         self._model_json = json.dumps(self.model_id)
         self._at_json: dict[datetime, str] = {}
-        self._stream_json: dict[str, str] = {}
+        self._tail: dict[Any, bytes] = {}  # ',"at":[...],"model":"..."}' by raw timestamp
+        self._head: dict[str, bytes] = {}  # '{"stream":"...","ts":' by stream
 
     def at(self, ts: datetime) -> list[str] | None:
         if self.steps is None:
@@ -256,16 +285,20 @@ class Encoder:
             y = y[0]
         if self.classes is None and (y.ndim < 2 or len(self.targets) <= 1):
             # the common case, assembled from cached fragments
-            sj = self._stream_json.get(stream)
-            if sj is None:
-                sj = json.dumps(stream)
-                if len(self._stream_json) < 100_000:
-                    self._stream_json[stream] = sj
-            forecast = json.dumps(y.reshape(-1).tolist(), separators=(",", ":"))
-            return (
-                f'{{"stream":{sj},"ts":{json.dumps(obs.ts_raw)},"forecast":{forecast},'
-                f'"at":{self._at_fragment(obs.ts)},"model":{self._model_json}}}'
-            ).encode()
+            head = self._head.get(stream)
+            if head is None:
+                head = b'{"stream":' + _dumps(stream) + b',"ts":'
+                if len(self._head) < 100_000:
+                    self._head[stream] = head
+            tail = self._tail.get(obs.ts_raw)  # raw: a datetime hashes slowly
+            if tail is None:
+                tail = (f',"at":{self._at_fragment(obs.ts)},"model":{self._model_json}}}'
+                        ).encode()
+                if len(self._tail) >= AT_CACHE:
+                    self._tail.clear()
+                self._tail[obs.ts_raw] = tail
+            return b"".join((head, _dumps(obs.ts_raw), b',"forecast":',
+                             _dumps(y.reshape(-1).tolist()), tail))
         doc: dict[str, Any] = {"stream": stream, "ts": obs.ts_raw}
         if self.classes is not None:
             probs = y.reshape(self.horizon, len(self.classes))

@@ -132,6 +132,8 @@ class EdgeConfig:
     reconnect_min: float = 0.5
     reconnect_max: float = 30.0
     log_level: str = "INFO"
+    max_batch: int = 256
+    max_delay_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -194,6 +196,10 @@ class EdgeConfig:
             raise EdgeError("field_map must map feature names to payload keys (strings)")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise EdgeError(f"log_level {self.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
+        if not 1 <= self.max_batch <= 65536:
+            raise EdgeError("max_batch must be from 1 to 65536")
+        if not 0 <= self.max_delay_ms <= 1000:
+            raise EdgeError("max_delay_ms must be from 0 to 1000")
 
     @property
     def broker_url(self) -> BrokerURL:
@@ -234,9 +240,9 @@ class EdgeConfig:
 
 _INT_KEYS = {
     "qos", "keepalive", "session_expiry", "stream_level", "max_payload", "max_streams",
-    "queue_size", "metrics_port", "threads",
+    "queue_size", "metrics_port", "threads", "max_batch",
 }
-_FLOAT_KEYS = {"checkpoint_interval", "reconnect_min", "reconnect_max"}
+_FLOAT_KEYS = {"checkpoint_interval", "reconnect_min", "reconnect_max", "max_delay_ms"}
 
 
 def _coerce(key: str, value: Any) -> Any:

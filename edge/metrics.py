@@ -45,6 +45,7 @@ class Metrics:
         self.dropped: dict[str, int] = {}
         self.resets: dict[str, int] = {}
         self.step_seconds = Histogram()
+        self.model_runs = 0
         self.reconnects = 0
         self.checkpoints = 0
         self.reloads = 0
@@ -94,7 +95,7 @@ class Metrics:
         ]
         h = self.step_seconds
         lines += [
-            f"# HELP {p}step_seconds Time of one model step (onnxruntime session run).",
+            f"# HELP {p}step_seconds Model time per observation (a batched run's share).",
             f"# TYPE {p}step_seconds histogram",
         ]
         cumulative = 0
@@ -104,6 +105,8 @@ class Metrics:
         lines.append(f'{p}step_seconds_bucket{{le="+Inf"}} {h.count}')
         lines.append(f"{p}step_seconds_sum {h.sum:.9f}")
         lines.append(f"{p}step_seconds_count {h.count}")
+        scalar("model_runs_total", "counter", "onnxruntime session runs (one steps a batch).",
+               self.model_runs)
         scalar("active_streams", "gauge", "Streams with a state.", self.streams)
         scalar("warming_streams", "gauge", "Window streams not yet full.", self.warming)
         scalar("reconnects_total", "counter", "Reconnections to the broker.", self.reconnects)

@@ -14,7 +14,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -37,13 +37,12 @@ from edge.metrics import Metrics, MetricsServer
 from edge.model import StepModel
 from edge.notify import Notifier
 from edge.runner import Runner
-from edge.state import StateStore
+from edge.state import StateStore, StreamState
 from edge.transport import Transport
 
 log = logging.getLogger(__name__)
 
 LOG_EVERY = 60.0
-BATCH = 64
 _STOP = object()
 FATAL_EXIT = 3  # the broker refused us for good (credentials, TLS): retrying cannot help
 
@@ -62,8 +61,8 @@ def load_model(config: EdgeConfig) -> tuple[StepModel, timedelta | None]:
         except EdgeError as exc:
             log.warning("%s: forecasts will carry no 'at' times and gaps are not checked", exc)
     if m.kind == "step" and model.dynamic_batch:
-        log.info("Model %s has a dynamic batch; the daemon steps one observation at a time",
-                 m.model_id)
+        log.info("Model %s has a dynamic batch: streams are stepped together, up to %d per run",
+                 m.model_id, config.max_batch)
     missing = [k for k in config.field_map if k not in m.features and k != "ts"]
     if missing:
         raise EdgeError(f"field_map names {missing[0]!r}, which is not a model feature")
@@ -139,6 +138,9 @@ class Processor:
         self.qos = config.qos
         self._topics: dict[tuple[str, str], str] = {}
         self._last_log: dict[str, float] = {}
+        self.max_batch = config.max_batch
+        self._pending: list[tuple[str, StreamState, Observation, str, bytes]] = []
+        self._seen: set[str] = set()
 
     def topic(self, template: str, stream: str) -> str:
         key = (template, stream)
@@ -168,39 +170,16 @@ class Processor:
         return False
 
     def _accept(self, stream: str, obs: Observation, topic: str, payload: bytes) -> bool:
-        st = self.store.get(stream)
-        if st is None:
-            try:
-                st = self.store.create(stream)
-            except EdgeError as exc:
-                raise PayloadError("too_many_streams", str(exc)) from None
-            log.debug("New stream %s", stream)
-        elif st.last_t is not None:
-            if obs.t <= st.last_t and self.config.late == "drop":
-                reason = "duplicate" if obs.t == st.last_t else "out_of_order"
-                raise PayloadError(reason, f"timestamp {obs.ts_raw!r} is not later than the last")
-            if self.max_gap is not None and obs.t - st.last_t > self.max_gap:
-                detail = (
-                    f"gap of {obs.t - st.last_t:g} s exceeds max_gap "
-                    f"({self.manifest.max_gap} × {self.manifest.freq})"
-                )
-                if self.config.on_gap == "reset":
-                    st = self.store.reset(stream)
-                    self.metrics.reset("gap")
-                    detail += "; state reset"
-                self.report(stream, "gap", detail, topic, payload, drop=False)
+        st = self._admit(stream, obs, topic, payload)
         y = self.runner.step_one(st, obs.values)
         if st.last_t is None or obs.t > st.last_t:
             st.last_t = obs.t
         self.store.dirty = True
         if y is None:
             return False
+        self.metrics.model_runs += 1
         self.metrics.step_seconds.observe(self.runner.last_seconds)
-        body = self.encoder.prediction(stream, obs, y)
-        if self.publish(self.topic(self.config.publish, stream), body, self.qos):
-            self.metrics.predictions_out += 1
-        else:
-            self.metrics.drop("publish_refused")
+        self._emit(stream, obs, y)
         return True
 
     def report(
@@ -231,6 +210,117 @@ class Processor:
                 "Dropped a message" if drop else "Accepted a message",
                 topic, stream, reason, detail, truncate(payload, 120),
             )
+
+    def _admit(self, stream: str, obs: Observation, topic: str, payload: bytes) -> StreamState:
+        """The checks before a step: the stream's state (created when new), late and duplicate
+        timestamps (PayloadError), and a gap that resets the state (reported, not dropped)."""
+        st = self.store.get(stream)
+        if st is None:
+            try:
+                st = self.store.create(stream)
+            except EdgeError as exc:
+                raise PayloadError("too_many_streams", str(exc)) from None
+            log.debug("New stream %s", stream)
+        elif st.last_t is not None:
+            if obs.t <= st.last_t and self.config.late == "drop":
+                reason = "duplicate" if obs.t == st.last_t else "out_of_order"
+                raise PayloadError(reason, f"timestamp {obs.ts_raw!r} is not later than the last")
+            if self.max_gap is not None and obs.t - st.last_t > self.max_gap:
+                detail = (
+                    f"gap of {obs.t - st.last_t:g} s exceeds max_gap "
+                    f"({self.manifest.max_gap} × {self.manifest.freq})"
+                )
+                if self.config.on_gap == "reset":
+                    st = self.store.reset(stream)
+                    self.metrics.reset("gap")
+                    detail += "; state reset"
+                self.report(stream, "gap", detail, topic, payload, drop=False)
+        return st
+
+    def _emit(self, stream: str, obs: Observation, y: np.ndarray) -> None:
+        """Encode and publish one prediction (`y` with its batch dimension of 1)."""
+        body = self.encoder.prediction(stream, obs, y)
+        if self.publish(self.topic(self.config.publish, stream), body, self.qos):
+            self.metrics.predictions_out += 1
+        else:
+            self.metrics.drop("publish_refused")
+
+    def handle_many(self, messages: Sequence[tuple[str, bytes]]) -> int:
+        """Process messages in arrival order; returns the number of predictions. Never raises.
+
+        With a dynamic-batch step graph the streams with a pending observation are stepped
+        together in one session run (micro-batching): a run holds at most one observation per
+        stream (a second one for the same stream first steps what is pending) and at most
+        `max_batch`, so each stream sees its observations in order, is checked against its
+        up-to-date state, and gets the forecasts it would get stepped alone. Otherwise this is
+        `handle` per message.
+        """
+        if not self.runner.batched:
+            return sum(self.handle(topic, payload) for topic, payload in messages)
+        made = 0
+        pending = self._pending
+        seen = self._seen
+        limit = self.max_batch
+        router = self.router.stream if self.config.stream_field is None else None
+        decode = self.decoder.decode
+        for topic, payload in messages:
+            self.metrics.messages_in += 1
+            stream = UNKNOWN_STREAM
+            try:
+                if router is not None:
+                    stream = router(topic)
+                obs = decode(payload)
+                if obs.stream is not None:
+                    stream = obs.stream
+                if stream in seen or len(pending) >= limit:
+                    made += self._step_pending()
+                st = self._admit(stream, obs, topic, payload)
+                pending.append((stream, st, obs, topic, payload))
+                seen.add(stream)
+            except PayloadError as exc:
+                if stream in seen:  # the stream's pending forecast goes out before this error
+                    made += self._step_pending()
+                self.report(stream, exc.reason, exc.detail, topic, payload)
+            except Exception as exc:
+                log.exception("Unexpected failure on %s (payload %r)", topic, truncate(payload))
+                if stream in seen:
+                    made += self._step_pending()
+                self.report(stream, "internal", f"{type(exc).__name__}: {exc}", topic, payload)
+        return made + self._step_pending()
+
+    def _step_pending(self) -> int:
+        """Step the pending observations (distinct streams) in one run and publish them."""
+        n = len(self._pending)
+        if not n:
+            return 0
+        pending = self._pending.copy()
+        self._pending.clear()
+        self._seen.clear()
+        if n == 1:
+            x = pending[0][2].values.reshape(1, -1)
+        else:
+            x = np.stack([p[2].values for p in pending])
+        try:
+            ys = self.runner.step_many([p[1] for p in pending], x)
+        except Exception as exc:
+            log.exception("The model failed on a batch of %d observations", n)
+            for stream, _, _, topic, payload in pending:
+                self.report(stream, "internal", f"{type(exc).__name__}: {exc}", topic, payload)
+            return 0
+        self.store.dirty = True
+        self.metrics.model_runs += 1
+        observe = self.metrics.step_seconds.observe
+        per = self.runner.last_seconds / n
+        for i, (stream, st, obs, topic, payload) in enumerate(pending):
+            if st.last_t is None or obs.t > st.last_t:
+                st.last_t = obs.t
+            observe(per)
+            try:
+                self._emit(stream, obs, ys[i : i + 1])
+            except Exception as exc:
+                log.exception("Unexpected failure on %s (payload %r)", topic, truncate(payload))
+                self.report(stream, "internal", f"{type(exc).__name__}: {exc}", topic, payload)
+        return n
 
 
 class Service:
@@ -482,11 +572,16 @@ class Service:
     # -- worker --------------------------------------------------------------------------------
 
     def _work(self) -> None:
-        """The worker loop: take what is queued (up to BATCH at a time, without waiting), process
-        it in order, then hand the results and acknowledgements to paho together, so its network
-        thread wakes once per batch rather than twice per message."""
+        """The worker loop: take what is queued (up to `max_batch`, waiting at most
+        `max_delay_ms` for more after the first), process it in order — stepping the streams
+        together when the graph has a dynamic batch — then hand the results and acknowledgements
+        to paho together, so its network thread wakes once per batch rather than twice per
+        message."""
         interval = self.config.checkpoint_interval
+        limit = self.config.max_batch
+        delay = self.config.max_delay_ms / 1000.0
         get, get_nowait = self.queue.get, self.queue.get_nowait
+        monotonic = time.monotonic
         proc = self.processor
         store = proc.store
         running = True
@@ -494,41 +589,72 @@ class Service:
             self._beat = time.monotonic()
             timeout = 1.0
             if store.dirty:
-                timeout = max(0.0, self._last_checkpoint + interval - time.monotonic())
+                timeout = max(0.0, self._last_checkpoint + interval - monotonic())
             try:
                 batch = [get(timeout=timeout)]
             except queue.Empty:
                 self._maybe_checkpoint()
                 continue
-            while len(batch) < BATCH:
+            deadline = monotonic() + delay
+            while len(batch) < limit:
                 try:
                     batch.append(get_nowait())
                 except queue.Empty:
-                    break
+                    left = deadline - monotonic() if delay else 0.0
+                    if left <= 0:
+                        break
+                    try:
+                        batch.append(get(timeout=left))
+                    except queue.Empty:
+                        break
+            # Messages go to the processor together; a command or a model swap is run between
+            # the messages before and after it.
             acks: list[tuple[int, int]] = []
+            messages: list[tuple[str, bytes]] = []
             for item in batch:
                 if item is _STOP:
                     running = False
                     break
                 if isinstance(item, Swap):
+                    self._process(proc, messages)
+                    messages = []
                     self._flush(acks)
                     acks = []
-                    self._swap(item)
+                    try:
+                        self._swap(item)
+                    except Exception as exc:  # the old model serves on
+                        log.exception("Could not put model %s in service", item.model.manifest
+                                      .model_id)
+                        self.metrics.reloads_failed += 1
+                        self._event("reload", ok=False, source=item.source, detail=str(exc))
                     proc, store = self.processor, self.processor.store
                     continue
                 topic, payload, mid, qos = item
-                try:
-                    if isinstance(topic, Command):
+                if isinstance(topic, Command):
+                    self._process(proc, messages)
+                    messages = []
+                    try:
                         self._command(topic.text)
-                    else:
-                        proc.handle(topic, payload)
-                except Exception:  # handle() reports its own failures; this is the last guard
-                    log.exception("Failed to report a problem with a message on %s", topic)
+                    except Exception:
+                        log.exception("The command %r failed", truncate(topic.text, 80))
+                else:
+                    messages.append((topic, payload))
                 acks.append((mid, qos))
+            self._process(proc, messages)
+            self.metrics.streams = len(store)  # before the results go out
             self._flush(acks)
-            if store.dirty and time.monotonic() - self._last_checkpoint >= interval:
+            if store.dirty and monotonic() - self._last_checkpoint >= interval:
                 self._maybe_checkpoint()
         self._maybe_checkpoint(force=True)
+
+    @staticmethod
+    def _process(proc: Processor, messages: list[tuple[str, bytes]]) -> None:
+        if not messages:
+            return
+        try:
+            proc.handle_many(messages)
+        except Exception:  # handle_many() reports its own failures; this is the last guard
+            log.exception("Failed to process a batch of %d messages", len(messages))
 
     def _flush(self, acks: list[tuple[int, int]]) -> None:
         """Publish what the batch produced, in order, then acknowledge its messages."""

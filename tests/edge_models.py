@@ -40,8 +40,13 @@ def build_model(
     mean: float = 50.0,
     std: float = 10.0,
     manifest: bool = True,
+    batch: str = "1",
 ) -> Path:
-    """Write a model and return its path. Targets default to the first feature."""
+    """Write a model and return its path. Targets default to the first feature.
+
+    `batch="dynamic"` gives a symbolic batch dimension (as `statecast-export --batch dynamic`).
+    """
+    b: int | str = 1 if batch == "1" else "batch"
     rng = np.random.default_rng(seed)
     f = len(features)
     u = units
@@ -63,9 +68,9 @@ def build_model(
     nodes.append(helper.make_node("Div", ["xc", "std"], ["xs"]))
     if kind == "step":
         inputs = [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, f]),
-            helper.make_tensor_value_info("h_0", TensorProto.FLOAT, [1, u]),
-            helper.make_tensor_value_info("c_0", TensorProto.FLOAT, [1, u]),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [b, f]),
+            helper.make_tensor_value_info("h_0", TensorProto.FLOAT, [b, u]),
+            helper.make_tensor_value_info("c_0", TensorProto.FLOAT, [b, u]),
         ]
         nodes += [
             helper.make_node("Unsqueeze", ["xs", "axes0"], ["seq"]),  # [1, 1, F]
@@ -92,30 +97,30 @@ def build_model(
         helper.make_node("Add", ["dense", "bd"], ["logits"]),
     ]
     if task == "classify":
-        inits.append(_const("shape3", np.array([1, horizon, k], np.int64)))
+        inits.append(_const("shape3", np.array([-1, horizon, k], np.int64)))
         nodes += [
             helper.make_node("Reshape", ["logits", "shape3"], ["logits3"]),
             helper.make_node("Softmax", ["logits3"], ["y"], axis=-1),
         ]
-        y_shape: list[int] = [1, horizon, k]
+        y_shape: list[int | str] = [b, horizon, k]
     else:
         inits += [
             _const("tstd", np.array(std, np.float32)),
             _const("tmean", np.array(mean, np.float32)),
         ]
-        shape = [1, horizon] if k == 1 else [1, horizon, k]
+        shape = [-1, horizon] if k == 1 else [-1, horizon, k]
         inits.append(_const("yshape", np.array(shape, np.int64)))
         nodes += [
             helper.make_node("Mul", ["logits", "tstd"], ["scaled"]),
             helper.make_node("Add", ["scaled", "tmean"], ["y_flat"]),
             helper.make_node("Reshape", ["y_flat", "yshape"], ["y"]),
         ]
-        y_shape = shape
+        y_shape = [b, *shape[1:]]
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)]
     if kind == "step":
         outputs += [
-            helper.make_tensor_value_info("h_0_out", TensorProto.FLOAT, [1, u]),
-            helper.make_tensor_value_info("c_0_out", TensorProto.FLOAT, [1, u]),
+            helper.make_tensor_value_info("h_0_out", TensorProto.FLOAT, [b, u]),
+            helper.make_tensor_value_info("c_0_out", TensorProto.FLOAT, [b, u]),
         ]
     graph = helper.make_graph(nodes, "statecast_test", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
@@ -131,7 +136,7 @@ def build_model(
             model_id=model_id or f"test-{kind}-{task}-{seed}",
             statecast_version="0.1.0",
             created="2026-01-01T00:00:00+00:00",
-            output_shape=tuple(y_shape),
+            output_shape=tuple(d if isinstance(d, int) else None for d in y_shape),
             state=(
                 (StateSpec("h_0", "h_0_out", (1, u)), StateSpec("c_0", "c_0_out", (1, u)))
                 if kind == "step"
@@ -141,6 +146,7 @@ def build_model(
             freq=freq,
             lookback=lookback if kind == "window" else None,
             max_gap=max_gap,
+            batch=batch,
         )
         helper.set_model_props(model, {METADATA_KEY: man.to_json()})
     onnx.checker.check_model(model)

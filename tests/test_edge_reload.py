@@ -97,10 +97,15 @@ def temps(n: int, seed: int = 0) -> list[float]:
     return list(np.round(50 + 10 * np.sin(np.arange(n) / 5) + rng.normal(0, 1, n), 2))
 
 
+@pytest.mark.parametrize("batch", ["1", "dynamic"])
 def test_file_replaced_mid_stream_no_loss_no_duplicate_state_kept(
-    broker: Mosquitto, models: dict[str, Path], tmp_path: Path, daemon_factory: Any,
-    collector_factory: Any,
+    broker: Mosquitto, tmp_path: Path, daemon_factory: Any, collector_factory: Any, batch: str,
 ) -> None:
+    models = {  # with a dynamic batch the daemon steps the two streams together
+        "step": build_model(tmp_path / "a.onnx", model_id="test-step", batch=batch),
+        "step2": build_model(tmp_path / "b.onnx", model_id="test-step-other", seed=1,
+                             batch=batch),
+    }
     rig = Rig(broker, models["step"], tmp_path, daemon_factory, collector_factory)
     series = temps(300)
     sent = threading.Event()
@@ -108,6 +113,7 @@ def test_file_replaced_mid_stream_no_loss_no_duplicate_state_kept(
     def feed() -> None:
         for ts, temp in enumerate(series):
             rig.send("g1", ts, temp)
+            rig.send("g2", ts, temp + 1.0)
             time.sleep(0.004)
         sent.set()
 
@@ -117,23 +123,25 @@ def test_file_replaced_mid_stream_no_loss_no_duplicate_state_kept(
     replace_atomically(models["step2"], rig.model)  # same state layout, other weights
     feeder.join(30)
     assert sent.is_set()
-    preds = rig.wait_predictions("g1", len(series))
+    got_streams = {s: rig.wait_predictions(s, len(series)) for s in ("g1", "g2")}
     event = rig.wait_event(1)
     rig.close()
 
-    assert [p["ts"] for p in preds] == [ts * HOUR for ts in range(len(series))]
-    ids = [p["model"] for p in preds]
-    k = ids.count("test-step")
-    assert 0 < k < len(series), "the swap did not happen in the middle of the stream"
-    assert ids == ["test-step"] * k + ["test-step-other"] * (len(series) - k)
     assert event["event"] == "reload" and event["ok"] and event["states"] == "kept"
     assert event["model"] == "test-step-other" and event["previous"] == "test-step"
-    # The new model continues from the state the old one left, exactly.
-    xs = np.array(series, np.float32).reshape(-1, 1)
-    before, state = StepModel(models["step"]).run_sequence(xs[:k])
-    after, _ = StepModel(models["step2"]).run_sequence(xs[k:], state)
-    got = np.array([p["forecast"] for p in preds])
-    np.testing.assert_allclose(got, np.concatenate([before, after]), atol=1e-5, rtol=0)
+    for stream, offset in (("g1", 0.0), ("g2", 1.0)):
+        preds = got_streams[stream]
+        assert [p["ts"] for p in preds] == [ts * HOUR for ts in range(len(series))]
+        ids = [p["model"] for p in preds]
+        k = ids.count("test-step")
+        assert 0 < k < len(series), "the swap did not happen in the middle of the stream"
+        assert ids == ["test-step"] * k + ["test-step-other"] * (len(series) - k)
+        # The new model continues from the state the old one left, exactly.
+        xs = np.array(series, np.float32).reshape(-1, 1) + offset
+        before, state = StepModel(models["step"]).run_sequence(xs[:k])
+        after, _ = StepModel(models["step2"]).run_sequence(xs[k:], state)
+        got = np.array([p["forecast"] for p in preds])
+        np.testing.assert_allclose(got, np.concatenate([before, after]), atol=1e-5, rtol=0)
     status = rig.col.json(f"statecast/status/{rig.cid}")
     assert any(s.get("model") == "test-step-other" for s in status)
 

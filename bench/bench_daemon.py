@@ -1,0 +1,351 @@
+"""Benchmark: `statecast-edge` end to end through a local mosquitto, beside its own floor.
+
+    .venv/bin/python bench/bench_daemon.py [--seconds 5] [--out bench/results/daemon.json]
+
+The model is a 2×32 Keras LSTM (1 feature, 6-step forecast: the demo's shape) exported with
+`--batch dynamic`; the floor is the same daemon running an identity graph with the same contract
+(bench/models.py), so the difference is what the LSTM costs. The load comes from one bare-socket
+MQTT client (bench/mqttload.py) that publishes observations and receives the forecasts on the
+same connection:
+
+* throughput: 1, 100 and 1,000 streams, QoS 0 and QoS 1 both ways, a closed loop that keeps
+  `--window` observations outstanding; sustained observations/s over `--seconds`;
+* latency: 1,000 streams at an open-loop 1,000 observations/s; p50/p99 from the moment the
+  observation is written to the socket to the moment its forecast is read;
+* memory and start: the daemon's RSS after the 1,000-stream run, the time from process start to
+  the first forecast, beside the TensorFlow equivalent (bench/tf_daemon.py).
+
+Prints tables and writes JSON. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.broker import Mosquitto, find_mosquitto
+from bench.mqttload import RawClient
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Load:
+    """The load client: counts forecasts, records their arrival times by sequence number."""
+
+    def __init__(self, port: int, tag: str, streams: int, qos: int) -> None:
+        self.tag = tag
+        self.streams = streams
+        self.qos = qos
+        self.got = 0
+        self.online = False
+        self.sent_at: list[float] = []
+        self.latency: list[float] = []
+        self.track = False
+        self.client = RawClient("127.0.0.1", port, f"load-{tag}", self.on_message)
+        self.client.subscribe([(f"out{tag}/#", qos), (f"statecast/status/{tag}", 1)])
+        self.topics = [f"in{tag}/s{i}/temp".encode() for i in range(streams)]
+        self.seq = 0
+
+    def on_message(self, topic: str, payload: bytes, now: float) -> None:
+        if topic.startswith("statecast/status/"):
+            self.online = b'"online"' in payload
+            return
+        self.got += 1
+        if self.track:
+            k = payload.index(b'"ts":') + 5
+            ts = int(payload[k : payload.index(b",", k)])
+            stream = int(topic.rsplit("/s", 1)[1])
+            seq = (ts // 3600 - 1) * self.streams + stream
+            if seq < len(self.sent_at):
+                self.latency.append(now - self.sent_at[seq])
+
+    def send(self, n: int) -> None:
+        """Queue the next n observations, round-robin over the streams."""
+        s = self.streams
+        publish = self.client.publish
+        for _ in range(n):
+            seq = self.seq
+            k, i = divmod(seq, s)
+            payload = b'{"ts":%d,"temp":%.1f}' % (3600 * (k + 1), 40.0 + (seq % 17))
+            publish(self.topics[i], payload, self.qos)
+            self.seq += 1
+
+    def wait(self, cond: Any, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if time.monotonic() > deadline:
+                return False
+            self.client.pump(0.01)
+        return True
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def daemon(model: Path, port: int, tag: str, qos: int, extra: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "--model", str(model),
+         "--broker", f"mqtt://127.0.0.1:{port}", "--subscribe", f"in{tag}/+/temp",
+         "--publish", f"out{tag}/{{stream}}", "--client-id", tag, "--qos", str(qos),
+         "--log-level", "WARNING", *extra],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def rss_mib(pid: int) -> tuple[float, float]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("VmRSS", "VmHWM")):
+            key, value = line.split(":")
+            fields[key] = int(value.split()[0]) / 1024
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+def profiler(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling the daemon for `seconds` into a folded-stacks file (bench extra)."""
+    spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        print("bench_daemon: py-spy not installed (pip install '.[bench]')", file=sys.stderr)
+        return None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([str(spy), "record", "-p", str(pid), "-d", str(int(seconds)),
+                             "-r", "250", "-f", "raw", "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def top_frames(folded: Path, n: int = 12) -> list[tuple[str, float]]:
+    """The functions with the most samples on top of the stack (self time), as fractions."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in folded.read_text().splitlines():
+        stack, _, k = line.rpartition(" ")
+        frame = stack.rsplit(";", 1)[-1]
+        counts[frame] = counts.get(frame, 0) + int(k)
+        total += int(k)
+    return [(f, c / total) for f, c in sorted(counts.items(), key=lambda kv: -kv[1])[:n]]
+
+
+def throughput(model: Path, port: int, tag: str, streams: int, qos: int, seconds: float,
+               window: int, extra: list[str], profile: Path | None = None) -> dict[str, Any]:
+    load = Load(port, tag, streams, qos)
+    proc = daemon(model, port, tag, qos, extra)
+    try:
+        if not load.wait(lambda: load.online, 30):
+            raise RuntimeError(f"daemon {tag} did not come online")
+        load.send(streams)  # every stream once: create the states
+        if not load.wait(lambda: load.got >= streams, 60):
+            raise RuntimeError(f"daemon {tag}: {load.got} of {streams} warm-up forecasts")
+        spy = profiler(proc.pid, seconds, profile) if profile is not None else None
+        got0, t0 = load.got, time.perf_counter()
+        end = t0 + seconds
+        while time.perf_counter() < end:
+            room = window - (load.seq - load.got)
+            if room > 0:
+                load.send(min(room, 200))
+            load.client.pump(0.001 if room <= 0 else 0)
+        t1 = time.perf_counter()
+        got1 = load.got
+        rate = (got1 - got0) / (t1 - t0)
+        complete = load.wait(lambda: load.got >= load.seq, 30)
+        rss = rss_mib(proc.pid)
+        if spy is not None:
+            spy.wait(30)
+        return {"obs_per_s": rate, "sent": load.seq, "received": load.got,
+                "lost": load.seq - load.got if not complete else 0, "rss_mib": rss[0],
+                "peak_rss_mib": rss[1]}
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        load.close()
+
+
+def latency(model: Path, port: int, tag: str, streams: int, qos: int, rate: float,
+            seconds: float, extra: list[str]) -> dict[str, Any]:
+    load = Load(port, tag, streams, qos)
+    proc = daemon(model, port, tag, qos, extra)
+    try:
+        if not load.wait(lambda: load.online, 30):
+            raise RuntimeError(f"daemon {tag} did not come online")
+        load.send(streams)
+        if not load.wait(lambda: load.got >= streams, 60):
+            raise RuntimeError(f"daemon {tag}: warm-up incomplete")
+        load.sent_at = [0.0] * load.seq
+        load.track = True
+        start = time.perf_counter()
+        base = load.seq
+        end = start + seconds
+        while True:
+            now = time.perf_counter()
+            if now >= end:
+                break
+            due = base + int((now - start) * rate) - load.seq
+            if due > 0:
+                for _ in range(due):
+                    load.send(1)
+                    load.client.pump(0)
+                    load.sent_at.append(time.perf_counter())
+            load.client.pump(0.0002)
+        load.wait(lambda: load.got >= load.seq, 10)
+        lat = np.array(load.latency[int(rate * 0.5):]) * 1e3  # skip the first half second
+        return {"p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+                "max_ms": float(lat.max()), "n": len(lat), "lost": load.seq - load.got}
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        load.close()
+
+
+def first_forecast(cmd: list[str], port: int, tag: str) -> tuple[float, float]:
+    """Seconds from process start to the first forecast, and the RSS after 1,000 streams."""
+    load = Load(port, tag, 1000, 0)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        k = 0
+        while load.got == 0:
+            if time.perf_counter() - t0 > 120:
+                raise RuntimeError(f"{tag}: no forecast within 120 s")
+            load.client.publish(load.topics[0], b'{"ts":%d,"temp":40.0}' % (3600 * (k + 1)), 0)
+            k += 1
+            load.client.pump(0.002)
+        elapsed = time.perf_counter() - t0
+        load.seq = 1000 * (k + 1)  # later observations of every stream
+        load.send(1000)
+        if not load.wait(lambda: load.got >= 1001, 120) or proc.poll() is not None:
+            raise RuntimeError(f"{tag}: {load.got - 1} of 1000 forecasts, exit {proc.poll()}")
+        time.sleep(0.5)
+        return elapsed, rss_mib(proc.pid)[0]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        load.close()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--seconds", type=float, default=5.0, help="throughput measuring time")
+    p.add_argument("--window", type=int, default=2000, help="observations kept outstanding")
+    p.add_argument("--rate", type=float, default=1000.0, help="latency test rate (obs/s)")
+    p.add_argument("--streams", default="1,100,1000")
+    p.add_argument("--no-tf", action="store_true", help="skip the TensorFlow comparison")
+    p.add_argument("--profile", type=Path, metavar="DIR", help="sample the daemon with py-spy "
+                   "during the largest runs (LSTM, QoS 0 and 1) into DIR/daemon-qosN.txt "
+                   "(folded stacks); slows those runs")
+    p.add_argument("--out", type=Path, default=ROOT / "bench/results/daemon.json")
+    args = p.parse_args()
+    binary = find_mosquitto()
+    if binary is None:
+        sys.exit("bench_daemon: mosquitto not found (install it or set $STATECAST_MOSQUITTO)")
+    from bench.models import export_pair, identity_graph, keras_model
+
+    results: dict[str, Any] = {"machine": platform.processor() or platform.machine(),
+                               "cpus": os.cpu_count(), "load_before": os.getloadavg()}
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        d.chmod(0o755)
+        keras_net = keras_model(2, 32, 1, 6)
+        _, lstm = export_pair(keras_net, d, "lstm")
+        ident = identity_graph(lstm, d / "identity.onnx")
+        keras_net.save(d / "lstm.keras")
+        broker = Mosquitto(binary, d / "mosquitto")
+        broker.start()
+        try:
+            streams = [int(s) for s in args.streams.split(",")]
+            rows = []
+            n = 0
+            for s in streams:
+                for qos in (0, 1):
+                    row: dict[str, Any] = {"streams": s, "qos": qos}
+                    for name, model in (("lstm", lstm), ("identity", ident)):
+                        n += 1
+                        spy_out = None
+                        if args.profile is not None and s == max(streams) and name == "lstm":
+                            spy_out = args.profile / f"daemon-qos{qos}.txt"
+                        r = throughput(model, broker.port, f"t{n}", s, qos, args.seconds,
+                                       args.window, [], spy_out)
+                        if spy_out is not None and spy_out.exists():
+                            r["profile_top"] = top_frames(spy_out)
+                            for frame, share in r["profile_top"]:
+                                print(f"    {share:6.1%}  {frame}", file=sys.stderr)
+                        row[name] = r
+                        print(f"  {s} streams QoS {qos} {name}: {r['obs_per_s']:,.0f} obs/s "
+                              f"(lost {r['lost']}, RSS {r['rss_mib']:.1f} MiB)", file=sys.stderr)
+                    rows.append(row)
+            results["throughput"] = rows
+            lat = []
+            for qos in (0, 1):
+                row = {"streams": 1000, "qos": qos, "rate": args.rate}
+                for name, model in (("lstm", lstm), ("identity", ident)):
+                    n += 1
+                    row[name] = latency(model, broker.port, f"l{n}", 1000, qos, args.rate,
+                                        args.seconds, [])
+                    print(f"  latency QoS {qos} {name}: {row[name]}", file=sys.stderr)
+                lat.append(row)
+            results["latency"] = lat
+            edge_cmd = [sys.executable, "-m", "edge.cli", "--model", str(lstm), "--broker",
+                        f"mqtt://127.0.0.1:{broker.port}", "--subscribe", "ins1/+/temp",
+                        "--publish", "outs1/{stream}", "--client-id", "s1", "--qos", "0",
+                        "--log-level", "WARNING"]
+            start = {"edge": first_forecast(edge_cmd, broker.port, "s1")}
+            if not args.no_tf:
+                tf_cmd = [sys.executable, str(ROOT / "bench/tf_daemon.py"),
+                          str(d / "lstm.keras"), str(broker.port), "ins2/+/temp", "outs2/", "s2"]
+                start["tensorflow"] = first_forecast(tf_cmd, broker.port, "s2")
+            results["start"] = {k: {"first_forecast_s": v[0], "rss_mib_1000_streams": v[1]}
+                                for k, v in start.items()}
+        finally:
+            broker.stop()
+    results["load_after"] = os.getloadavg()
+    report(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+def report(r: dict[str, Any]) -> None:
+    print(f"\nmachine: {r['cpus']} CPUs ({r['machine']}), load average before "
+          f"{r['load_before'][0]:.2f}, after {r['load_after'][0]:.2f}")
+    print("\nSustained observations/s end to end (closed loop, forecasts received)")
+    print(f"| {'streams':>7} | {'QoS':>3} | {'LSTM obs/s':>10} | {'identity obs/s':>14} "
+          f"| {'LSTM / identity':>15} | {'RSS MiB':>7} |")
+    print(f"|{'-' * 9}|{'-' * 5}|{'-' * 12}|{'-' * 16}|{'-' * 17}|{'-' * 9}|")
+    for row in r["throughput"]:
+        a, b = row["lstm"]["obs_per_s"], row["identity"]["obs_per_s"]
+        print(f"| {row['streams']:>7,} | {row['qos']:>3} | {a:>10,.0f} | {b:>14,.0f} "
+              f"| {a / b:>15.0%} | {row['lstm']['rss_mib']:>7.1f} |")
+    by = {(row["streams"], row["qos"]): row["lstm"]["obs_per_s"] for row in r["throughput"]}
+    for s in sorted({k[0] for k in by}):
+        if (s, 0) in by and (s, 1) in by:
+            print(f"  {s} streams: QoS 0 / QoS 1 = {by[(s, 0)] / by[(s, 1)]:.2f}x")
+    print("\nPublish → forecast latency, 1,000 streams, open loop")
+    print(f"| {'QoS':>3} | {'obs/s':>6} | {'LSTM p50 ms':>11} | {'LSTM p99 ms':>11} "
+          f"| {'identity p50 ms':>15} | {'identity p99 ms':>15} |")
+    print(f"|{'-' * 5}|{'-' * 8}|{'-' * 13}|{'-' * 13}|{'-' * 17}|{'-' * 17}|")
+    for row in r["latency"]:
+        a, b = row["lstm"], row["identity"]
+        print(f"| {row['qos']:>3} | {row['rate']:>6,.0f} | {a['p50_ms']:>11.2f} "
+              f"| {a['p99_ms']:>11.2f} | {b['p50_ms']:>15.2f} | {b['p99_ms']:>15.2f} |")
+    print("\nStart and memory")
+    print(f"| {'daemon':<28} | {'first forecast s':>16} | {'RSS MiB, 1,000 streams':>22} |")
+    print(f"|{'-' * 30}|{'-' * 18}|{'-' * 24}|")
+    names = {"edge": "statecast-edge (onnxruntime)", "tensorflow": "TensorFlow equivalent"}
+    for k, v in r["start"].items():
+        print(f"| {names[k]:<28} | {v['first_forecast_s']:>16.2f} "
+              f"| {v['rss_mib_1000_streams']:>22.1f} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
