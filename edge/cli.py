@@ -76,6 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("--metrics-port", type=int, metavar="PORT", help="serve /metrics and /healthz")
     add("--metrics-host", metavar="HOST", help="address for --metrics-port (default 127.0.0.1)")
     add("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
+    add("--commit-interval", type=float, metavar="SECONDS", help="group commit: states are made "
+        "durable and observations acknowledged at least this often (default 0.005)")
+    add("--commit-max", type=int, metavar="N", help="... or after N observations (default 256)")
+    add("--no-fsync", dest="fsync", action="store_const", const=False, help="do not fsync "
+        "commits: survives a daemon crash, not a power cut")
+    add("--stream-ttl", type=float, metavar="SECONDS", help="evict streams idle this long from "
+        "memory (with --state-dir their state is kept on disk and restored when they return)")
+    add("--max-resident", type=int, metavar="N", help="keep at most N streams in memory, "
+        "evicting the least recently used")
     return p
 
 
@@ -83,7 +92,8 @@ FLAG_KEYS = (
     "model", "broker", "subscribe", "publish", "errors", "state_dir", "client_id", "qos",
     "mqtt_version", "username", "password_file", "tls_ca", "tls_cert", "tls_key",
     "stream_level", "stream_field", "max_payload", "on_gap", "late", "metrics_port",
-    "metrics_host", "log_level",
+    "metrics_host", "log_level", "commit_interval", "commit_max", "fsync", "stream_ttl",
+    "max_resident",
 )
 
 

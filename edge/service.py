@@ -94,6 +94,9 @@ class Processor:
             lookback=self.runner.lookback,
             n_features=m.n_features,
             max_streams=config.max_streams,
+            ttl=config.stream_ttl,
+            max_resident=config.max_resident,
+            fsync=config.fsync,
         )
         self.max_gap = (
             freq.total_seconds() * m.max_gap if freq is not None and m.max_gap else None
@@ -154,7 +157,7 @@ class Processor:
         y = self.runner.step_one(st, obs.values)
         if st.last_t is None or obs.t > st.last_t:
             st.last_t = obs.t
-        self.store.dirty = True
+        self.store.mark(stream)
         if y is None:
             return False
         self.metrics.step_seconds.observe(self.runner.last_seconds)
@@ -223,6 +226,9 @@ class Service:
         self.worker = threading.Thread(target=self._work, name="statecast-worker", daemon=True)
         self.metrics_server: MetricsServer | None = None
         self._last_checkpoint = time.monotonic()
+        self._pending: list[tuple[int, int]] = []  # (connection << 16 | mid, qos) to acknowledge
+        self._pending_since = time.monotonic()
+        self._sent: list[Any] = []  # paho MQTTMessageInfo of publications not yet confirmed
 
     def _status(self, status: str, streams: int = 0, warming: int = 0) -> bytes:
         """The retained status: online/offline, the live model, how many streams there are
@@ -245,8 +251,20 @@ class Service:
         return True
 
     def enqueue(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
-        """Called by paho's network thread: hand the message to the worker, nothing else."""
-        self.queue.put((topic, payload, mid, qos))
+        """Called by paho's network thread: hand the message to the worker, nothing else.
+
+        QoS 0 messages that find the queue full are dropped and counted (`queue_full`): the
+        newest is dropped, nothing in hand is. QoS 1 messages wait for room; the broker sends at
+        most its in-flight window (MQTT 5 receive-maximum) unacknowledged, so the queue stays
+        bounded. The message id carries the connection number above bit 16: an acknowledgement
+        is never sent on a later connection, where the broker may have reused the id."""
+        if qos == 0:
+            try:
+                self.queue.put_nowait((topic, payload, mid, qos))
+            except queue.Full:
+                self.metrics.drop("queue_full")
+            return
+        self.queue.put((topic, payload, mid | (self.transport.connects << 16), qos))
 
     def health(self) -> dict[str, Any]:
         ok = self.transport.connected.is_set() and self.worker.is_alive()
@@ -316,19 +334,15 @@ class Service:
 
     def _work(self) -> None:
         """The worker loop: take what is queued (up to BATCH at a time, without waiting), process
-        it in order, then hand the results and acknowledgements to paho together, so its network
-        thread wakes once per batch rather than twice per message."""
-        interval = self.config.checkpoint_interval
+        it in order, hand the results to paho, and group-commit: the states and the
+        acknowledgements go out together once the queue runs dry, `commit_max` observations wait,
+        or the oldest has waited `commit_interval` (see `_commit`)."""
         get, get_nowait = self.queue.get, self.queue.get_nowait
         proc = self.processor
-        store = proc.store
         running = True
         while running:
-            timeout = 1.0
-            if store.dirty:
-                timeout = max(0.0, self._last_checkpoint + interval - time.monotonic())
             try:
-                batch = [get(timeout=timeout)]
+                batch = [get(timeout=self._commit_wait())]
             except queue.Empty:
                 self._maybe_checkpoint()
                 continue
@@ -349,22 +363,101 @@ class Service:
                     log.exception("Failed to report a problem with a message on %s", topic)
                 acks.append((mid, qos))
             self._flush(acks)
-            if store.dirty and time.monotonic() - self._last_checkpoint >= interval:
-                self._maybe_checkpoint()
+            if self._commit_due():
+                self._commit()
         self._maybe_checkpoint(force=True)
 
     def _flush(self, acks: list[tuple[int, int]]) -> None:
-        """Publish what the batch produced, in order, then acknowledge its messages."""
+        """Publish what the batch produced, in order, and hand its acknowledgements to the next
+        commit (without a state directory there is nothing to make durable: acknowledge now)."""
         publish = self.transport.publish
+        track = self.config.state_dir is not None
         refused = 0
         for topic, payload, qos in self._outbox:
-            if not publish(topic, payload, qos):
+            if track and qos > 0:
+                info = self.transport.publish_tracked(topic, payload, qos)
+                if info is None:
+                    refused += 1
+                else:
+                    self._sent.append(info)
+            elif not publish(topic, payload, qos):
                 refused += 1
         self._outbox.clear()
         if refused:
             self.metrics.drop("publish_refused", refused)
-        for mid, qos in acks:
-            self.transport.ack(mid, qos)
+        if not self._pending:
+            self._pending_since = time.monotonic()
+        self._pending.extend(acks)
+        if not track:
+            self._commit()
+
+    def _commit_wait(self) -> float:
+        """How long the worker may wait for the next message before a commit is due."""
+        if self._pending or self._sent:
+            return max(0.0, self._pending_since + self.config.commit_interval - time.monotonic())
+        if self.processor.store.dirty:
+            return max(0.0, self._last_checkpoint + self.config.checkpoint_interval
+                       - time.monotonic())
+        return 1.0
+
+    def _commit_due(self) -> bool:
+        return bool(self._pending) and (
+            self.queue.empty()
+            or len(self._pending) >= self.config.commit_max
+            or time.monotonic() - self._pending_since >= self.config.commit_interval
+        )
+
+    def _commit(self, final: bool = False) -> bool:
+        """Group commit. In this order: (1) wait until the broker has acknowledged every
+        prediction and error published since the last commit, (2) make the states durable (one
+        journal append), (3) acknowledge the observations that produced them. A crash before (2)
+        redelivers the observations and they are stepped again from the committed state, giving
+        the same predictions; a crash after (2) redelivers observations whose `ts` the state
+        already holds, which are dropped as duplicates and never stepped twice. Returns False
+        (nothing acknowledged, retried later) while the broker has not confirmed or the write
+        failed."""
+        cfg = self.config
+        if cfg.state_dir is not None:
+            if not self._confirm(10.0 if final else 0.5):
+                if final:
+                    log.warning("The broker did not confirm the last predictions; their "
+                                "observations stay unacknowledged and will be redelivered")
+                return False
+            store = self.processor.store
+            store.evict()
+            try:
+                if store.commit(cfg.state_dir, snapshot=final):
+                    self.metrics.checkpoints += 1
+            except OSError as exc:
+                log.warning("Could not commit the state to %s (%s); observations stay "
+                            "unacknowledged", cfg.state_dir, exc)
+                return False
+            self._last_checkpoint = time.monotonic()
+        connection = self.transport.connects
+        ack = self.transport.ack
+        for tagged, qos in self._pending:
+            if qos == 0:
+                continue
+            if tagged >> 16 == connection:  # older connections' ids may have been reused
+                ack(tagged & 0xFFFF, qos)
+        self._pending.clear()
+        return True
+
+    def _confirm(self, timeout: float) -> bool:
+        """Wait (up to `timeout`) until the broker has acknowledged every tracked publication."""
+        deadline = time.monotonic() + timeout
+        sent = self._sent
+        while sent:
+            if not self.transport.delivered(sent[0], max(0.0, deadline - time.monotonic())):
+                if time.monotonic() >= deadline:
+                    return False
+                continue
+            # broker acknowledgements come in order: skip what is already confirmed
+            i = 1
+            while i < len(sent) and self.transport.delivered(sent[i], 0.0):
+                i += 1
+            del sent[:i]
+        return True
 
     def _update_gauges(self) -> None:
         store = self.processor.store
@@ -382,16 +475,13 @@ class Service:
             )
 
     def _maybe_checkpoint(self, force: bool = False) -> None:
+        """Idle-time upkeep: commit what is pending, evict idle streams, update the gauges. State
+        is written only through `_commit`, after the broker confirmed its predictions."""
         store = self.processor.store
+        if self._pending or self._sent or store.dirty or force or store.ttl:
+            self._commit(final=force)
+        if self.config.state_dir is None:
+            store.evict()
         self._update_gauges()
-        if self.config.state_dir is None or not (store.dirty or force):
-            self._last_checkpoint = time.monotonic()
-            return
-        try:
-            path = store.save(self.config.state_dir)
-            self.metrics.checkpoints += 1
-            log.debug("Checkpoint written to %s", path)
-        except OSError as exc:
-            log.warning("Could not write the checkpoint to %s (%s)", self.config.state_dir, exc)
         self._last_checkpoint = time.monotonic()
 
