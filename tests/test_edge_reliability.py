@@ -3,6 +3,7 @@ mosquitto and the daemon as a subprocess (issue 7)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import signal
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import Collector, Daemon, Mosquitto, free_port
+from conftest import Collector, Daemon, Mosquitto
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.model import StepModel
@@ -43,8 +44,9 @@ def reference(model: Path, values: list[float]) -> tuple[np.ndarray, list[np.nda
     return ys, state
 
 
-def args(model: Path, broker: Mosquitto, cid: str, *extra: str) -> list[str]:
-    return ["--model", str(model), "--broker", broker.url, "--subscribe", f"{cid}/+/temp",
+def args(model: Path, broker: Mosquitto | str, cid: str, *extra: str) -> list[str]:
+    url = broker if isinstance(broker, str) else broker.url
+    return ["--model", str(model), "--broker", url, "--subscribe", f"{cid}/+/temp",
             "--publish", f"{cid}-out/{{stream}}", "--errors", f"{cid}-err/{{stream}}",
             "--client-id", cid, *extra]
 
@@ -164,3 +166,232 @@ def test_sigkill_at_random_moments_steps_each_observation_once(
         for x, y in zip(store.streams[s].state, want, strict=True):
             np.testing.assert_allclose(x, y, atol=1e-6, rtol=0)
         assert store.streams[s].count == len(sent[s])
+
+
+# -- 2. broker faults ---------------------------------------------------------------------------
+
+
+class PersistentCollector(Collector):
+    """A Collector with a persistent session, so nothing published while it is disconnected
+    (during a broker restart) is missed."""
+
+    def __init__(self, broker: Mosquitto, topics: list[str], client_id: str) -> None:
+        self.topics = topics
+        self.lock = threading.Lock()
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self.ready = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  clean_session=False)
+        self.client.reconnect_delay_set(0.05, 0.5)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *a: self.ready.set()
+        self.client.on_message = self._on_message
+        self.client.connect(broker.host, broker.port, keepalive=10)
+        self.client.loop_start()
+        assert self.ready.wait(10), "collector did not subscribe"
+
+
+def stream_in_background(
+    pub: mqtt.Client, cid: str, streams: list[str], n: int, pause: float
+) -> tuple[threading.Thread, dict[str, list[tuple[str, float]]]]:
+    """Publish n observations per stream from a thread, each only after the broker acknowledged
+    the one before: a sensor that keeps its order across reconnects (paho alone may send a new
+    message before it re-sends the unacknowledged ones, and the daemon drops a late `ts`)."""
+    rows = {s: series(i, n) for i, s in enumerate(streams)}
+    acked: set[int] = set()
+    cond = threading.Condition()
+
+    def on_publish(client: Any, userdata: Any, mid: int, *rest: Any) -> None:
+        with cond:
+            acked.add(mid)
+            cond.notify_all()
+
+    pub.on_publish = on_publish
+
+    def run() -> None:
+        for i in range(n):
+            for s in streams:
+                ts, v = rows[s][i]
+                while not pub.is_connected():
+                    time.sleep(0.01)
+                info = pub.publish(f"{cid}/{s}/temp", json.dumps({"ts": ts, "temp": v}), qos=1)
+                mid = info.mid
+                with cond:
+                    assert cond.wait_for(lambda m=mid: m in acked, timeout=60)  # type: ignore[misc]
+                    acked.discard(mid)
+            time.sleep(pause)
+
+    thread = threading.Thread(target=run, name="test-publisher")
+    thread.start()
+    return thread, rows
+
+
+def wait_all(col: Collector, prefix: str, n: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(predictions_by_key(col, prefix)) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_broker_restart_with_persistence_loses_nothing(
+    own_broker: Mosquitto, models: dict[str, Path], tmp_path: Path, daemon_factory: Any,
+) -> None:
+    """mosquitto (persistence on) is stopped and restarted twice in the middle of a QoS 1
+    stream; the daemon reconnects and every observation gets exactly its prediction."""
+    own_broker.stop()
+    text = own_broker.config.read_text().replace("persistence false", "persistence true")
+    own_broker.config.write_text(
+        text + f"persistence_location {own_broker.directory}/\nautosave_interval 1\n"
+    )
+    own_broker.start()
+    cid = f"b{uuid.uuid4().hex[:8]}"
+    col = PersistentCollector(own_broker, [f"{cid}-out/#", f"{cid}-err/#",
+                                           f"statecast/status/{cid}"],
+                              f"{cid}-collector")
+    try:
+        mark = col.mark()
+        d = daemon_factory(*args(models["step"], own_broker, cid, "--state-dir",
+                                 str(tmp_path / "state")))
+        wait_online(col, cid, mark, d)
+        pub = publisher(own_broker, f"{cid}-pub", persistent=True)
+        streams = ["a", "b", "c"]
+        thread, rows = stream_in_background(pub, cid, streams, 400, 0.005)
+        for connection in (2, 3):
+            time.sleep(0.6)
+            mark = col.mark()
+            own_broker.restart()
+            wait_online(col, cid, mark, d)
+            assert col.wait_status(cid, "online", mark, connection=connection), d.log()[-3000:]
+        thread.join()
+        wait_all(col, f"{cid}-out/", 3 * 400)
+        assert d.stop() == 0
+        pub.disconnect()
+        pub.loop_stop()
+        check_exactly(predictions_by_key(col, f"{cid}-out/"), models["step"], rows)
+        assert "Reconnecting in" in d.log()
+    finally:
+        col.close()
+
+
+class Proxy:
+    """A TCP proxy between the daemon and the broker that can drop its connections, stall them
+    (stop forwarding, without closing) or refuse new ones (accept and close at once)."""
+
+    def __init__(self, broker: Mosquitto) -> None:
+        self.upstream = (broker.host, broker.port)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.refuse = False
+        self.lock = threading.Lock()
+        self.pairs: list[tuple[socket.socket, socket.socket]] = []
+        self.frozen: set[socket.socket] = set()
+        self.accepted = 0
+        self.closing = False
+        self.thread = threading.Thread(target=self._accept, name="test-proxy", daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while not self.closing:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            if self.refuse:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.upstream)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.pairs.append((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        while True:
+            if src in self.frozen:
+                time.sleep(0.05)
+                if self.closing:
+                    return
+                continue
+            try:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+            except OSError:
+                break
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def drop(self) -> None:
+        with self.lock:
+            pairs, self.pairs = self.pairs, []
+        for pair in pairs:
+            for s in pair:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def stall(self) -> None:
+        with self.lock:
+            pairs, self.pairs = self.pairs, []
+        for pair in pairs:
+            self.frozen.update(pair)
+
+    def close(self) -> None:
+        self.closing = True
+        self.drop()
+        self.server.close()
+        for s in list(self.frozen):
+            s.close()
+
+
+def test_proxy_drops_and_stalls_reconnect_with_backoff_and_lose_nothing(
+    broker: Mosquitto, models: dict[str, Path], tmp_path: Path, daemon_factory: Any,
+    collector_factory: Any,
+) -> None:
+    """Between daemon and broker, a proxy drops the connection, then stalls it (the daemon's
+    keepalive notices), then refuses connections for 2.5 s: the daemon reconnects each time,
+    backs off while refused, resubscribes, and every QoS 1 observation gets its prediction."""
+    cid = f"p{uuid.uuid4().hex[:8]}"
+    proxy = Proxy(broker)
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text("keepalive = 2\nreconnect_min = 0.1\nreconnect_max = 2.0\n")
+    col = collector_factory(broker, [f"{cid}-out/#", f"statecast/status/{cid}"])
+    try:
+        mark = col.mark()
+        d = daemon_factory("--config", str(cfg), *args(models["step"], proxy.url, cid,
+                           "--state-dir", str(tmp_path / "state")))
+        wait_online(col, cid, mark, d)
+        pub = publisher(broker)
+        streams = ["a", "b"]
+        thread, rows = stream_in_background(pub, cid, streams, 1500, 0.004)
+        time.sleep(0.5)
+        proxy.drop()
+        assert col.wait_status(cid, "online", mark, connection=2), d.log()[-3000:]
+        proxy.stall()
+        assert col.wait_status(cid, "online", mark, connection=3), d.log()[-3000:]
+        proxy.refuse = True
+        proxy.drop()
+        time.sleep(2.5)
+        proxy.refuse = False
+        assert col.wait_status(cid, "online", mark, connection=4, timeout=30), d.log()[-3000:]
+        thread.join()
+        wait_all(col, f"{cid}-out/", 2 * 1500)
+        assert d.stop() == 0
+        pub.disconnect()
+        pub.loop_stop()
+    finally:
+        proxy.close()
+    check_exactly(predictions_by_key(col, f"{cid}-out/"), models["step"], rows)
+    delays = [float(line.split("Reconnecting in ")[1].split()[0])
+              for line in d.log().splitlines() if "Reconnecting in " in line]
+    assert len(delays) >= 5, d.log()[-3000:]
+    assert max(delays) >= 0.2  # the third attempt in a row waits at least 0.2 s (0.1·2²/2)
+    assert max(delays) <= 2.0
+
