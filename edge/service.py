@@ -254,10 +254,12 @@ class Service:
         """Called by paho's network thread: hand the message to the worker, nothing else.
 
         QoS 0 messages that find the queue full are dropped and counted (`queue_full`): the
-        newest is dropped, nothing in hand is. QoS 1 messages wait for room; the broker sends at
-        most its in-flight window (MQTT 5 receive-maximum) unacknowledged, so the queue stays
-        bounded. The message id carries the connection number above bit 16: an acknowledgement
-        is never sent on a later connection, where the broker may have reused the id."""
+        newest is dropped, nothing in hand is. QoS 1 messages wait for room, which stops paho
+        reading the socket: TCP pushes back to the broker, which holds the rest (it also sends
+        at most its in-flight window, or the MQTT 5 receive-maximum, unacknowledged, where it
+        honours them: mosquitto 2.0 does not when it resumes a session). The message id carries
+        the connection number above bit 16: an acknowledgement is never sent on a later
+        connection, where the broker may have reused the id."""
         if qos == 0:
             try:
                 self.queue.put_nowait((topic, payload, mid, qos))
@@ -448,7 +450,9 @@ class Service:
         deadline = time.monotonic() + timeout
         sent = self._sent
         while sent:
-            if not self.transport.delivered(sent[0], max(0.0, deadline - time.monotonic())):
+            if self.queue.full():  # paho's thread waits for room: it cannot read the acks now
+                return False
+            if not self.transport.delivered(sent[0], min(0.05, timeout)):
                 if time.monotonic() >= deadline:
                     return False
                 continue

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import Collector, Daemon, Mosquitto
+from conftest import Collector, Daemon, Mosquitto, free_port
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.model import StepModel
@@ -395,3 +395,110 @@ def test_proxy_drops_and_stalls_reconnect_with_backoff_and_lose_nothing(
     assert max(delays) >= 0.2  # the third attempt in a row waits at least 0.2 s (0.1·2²/2)
     assert max(delays) <= 2.0
 
+
+
+# -- 3. floods ----------------------------------------------------------------------------------
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_qos0_flood_drops_newest_counts_and_stays_small(
+    broker: Mosquitto, models: dict[str, Path], tmp_path: Path, daemon_factory: Any,
+    collector_factory: Any,
+) -> None:
+    """60,000 QoS 0 observations as fast as one paho client sends them into a daemon with a
+    200-message queue: what does not fit is dropped as `queue_full` and counted, every message
+    is either taken in or counted, and the daemon's memory does not grow with the flood."""
+    cid = f"f{uuid.uuid4().hex[:8]}"
+    n = 60_000
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text("queue_size = 200\n")
+    port = free_port()
+    col = collector_factory(broker, [f"statecast/status/{cid}"])
+    mark = col.mark()
+    d = daemon_factory("--config", str(cfg), "--qos", "0", "--metrics-port", str(port),
+                       *args(models["step"], broker, cid))
+    wait_online(col, cid, mark, d)
+    base = rss_kib(d.proc.pid)
+    pub = publisher(broker)
+    peak = base
+    payloads = [json.dumps({"ts": 1.3e9 + i * 3600, "temp": 50.0}).encode() for i in range(n)]
+    for i, payload in enumerate(payloads):
+        pub.publish(f"{cid}/s{i % 10}/temp", payload, qos=0)
+        if i % 5000 == 0:
+            peak = max(peak, rss_kib(d.proc.pid))
+    deadline = time.monotonic() + 60
+    m = metrics(port)
+    while time.monotonic() < deadline:
+        peak = max(peak, rss_kib(d.proc.pid))
+        m = metrics(port)
+        taken = m["statecast_edge_messages_received_total"]
+        dropped = m.get('statecast_edge_dropped_total{reason="queue_full"}', 0)
+        if taken + dropped >= n and m["statecast_edge_queue_depth"] == 0:
+            break
+        time.sleep(0.2)
+    pub.disconnect()
+    pub.loop_stop()
+    assert d.stop() == 0
+    taken = m["statecast_edge_messages_received_total"]
+    dropped = m.get('statecast_edge_dropped_total{reason="queue_full"}', 0)
+    assert taken + dropped == n, m
+    assert dropped > 0 and taken > 0
+    assert peak - base < 40 * 1024, (base, peak)
+    Path(tmp_path / "flood.json").write_text(json.dumps(
+        {"sent": n, "taken": taken, "dropped": dropped, "rss_base_kib": base, "rss_peak_kib": peak}
+    ))
+    print(f"flood: sent {n}, taken {taken:.0f}, dropped {dropped:.0f}, RSS {base} -> {peak} KiB")
+
+
+def test_qos1_backlog_is_bounded_by_the_queue(
+    broker: Mosquitto, models: dict[str, Path], tmp_path: Path, daemon_factory: Any,
+    collector_factory: Any,
+) -> None:
+    """5,000 QoS 1 observations wait in the broker for an MQTT 5 daemon with a 300-message
+    queue: it never holds more than that in its queue (paho stops reading and TCP pushes back;
+    mosquitto 2.0 ignores the receive-maximum when a session resumes), and every one gets its
+    prediction."""
+    cid = f"q{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text("queue_size = 300\n")
+    col = collector_factory(broker, [f"{cid}-out/#", f"statecast/status/{cid}"])
+    argv = [*args(models["step"], broker, cid, "--mqtt-version", "5", "--state-dir",
+                  str(tmp_path / "state")), "--metrics-port", str(port), "--config", str(cfg)]
+    mark = col.mark()
+    d = daemon_factory(*argv)
+    wait_online(col, cid, mark, d)
+    assert d.stop() == 0  # the session stays; the backlog queues in the broker
+    pub = publisher(broker)
+    n = 5000
+    rows = series(0, n)
+    infos = [pub.publish(f"{cid}/s/temp", json.dumps({"ts": ts, "temp": v}), qos=1)
+             for ts, v in rows]
+    for info in infos:
+        info.wait_for_publish(30)
+    mark = col.mark()
+    d = daemon_factory(*argv)
+    depth = 0
+    base = peak = 0
+    deadline = time.monotonic() + 60
+    while len(col.json(f"{cid}-out/")) < n and time.monotonic() < deadline:
+        try:
+            depth = max(depth, int(metrics(port)["statecast_edge_queue_depth"]))
+            rss = rss_kib(d.proc.pid)
+            base, peak = base or rss, max(peak, rss)
+        except OSError:
+            pass
+        time.sleep(0.05)
+    assert d.stop() == 0
+    pub.disconnect()
+    pub.loop_stop()
+    got = predictions_by_key(col, f"{cid}-out/")
+    check_exactly(got, models["step"], {"s": rows})
+    assert 0 < depth <= 300
+    assert peak - base < 40 * 1024, (base, peak)
