@@ -162,6 +162,8 @@ class Decoder:
             doc = json.loads(text)
         except (json.JSONDecodeError, RecursionError):
             raise PayloadError("malformed_json", "payload is not valid JSON") from None
+        except ValueError:  # an integer longer than Python converts (4,300 digits)
+            raise PayloadError("not_finite", "payload holds a number too long to read") from None
         stream = None
         if isinstance(doc, dict):
             if self.stream_field is not None:

@@ -367,6 +367,8 @@ class Service:
             self._flush(acks)
             if self._commit_due():
                 self._commit()
+            if time.monotonic() - self._last_checkpoint >= self.config.checkpoint_interval:
+                self._maybe_checkpoint()
         self._maybe_checkpoint(force=True)
 
     def _flush(self, acks: list[tuple[int, int]]) -> None:
@@ -434,7 +436,6 @@ class Service:
                 log.warning("Could not commit the state to %s (%s); observations stay "
                             "unacknowledged", cfg.state_dir, exc)
                 return False
-            self._last_checkpoint = time.monotonic()
         connection = self.transport.connects
         ack = self.transport.ack
         for tagged, qos in self._pending:
