@@ -22,7 +22,9 @@ import pytest
 from conftest import Collector, Daemon, Mosquitto, free_port
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge.config import EdgeConfig
 from edge.model import StepModel
+from edge.service import Processor, load_model
 from edge.state import StateStore
 
 pytestmark = pytest.mark.broker
@@ -502,3 +504,41 @@ def test_qos1_backlog_is_bounded_by_the_queue(
     check_exactly(got, models["step"], {"s": rows})
     assert 0 < depth <= 300
     assert peak - base < 40 * 1024, (base, peak)
+
+
+# -- 5. eviction keeps forecasts exact ------------------------------------------------------------
+
+
+def test_evicted_streams_come_back_exactly(models: dict[str, Path], tmp_path: Path) -> None:
+    """Five interleaved streams, at most two in memory, commits after each message and a restart
+    halfway: every forecast equals an uninterrupted run's, as if nothing was ever evicted."""
+    cfg = EdgeConfig(model=str(models["step"]), subscribe=("x/+/temp",), client_id="t",
+                     max_resident=2, stream_ttl=3600.0, state_dir=str(tmp_path))
+    out: list[dict[str, Any]] = []
+
+    def publish(topic: str, payload: bytes, qos: int) -> bool:
+        out.append(json.loads(payload))
+        return True
+
+    def processor() -> Processor:
+        model, freq = load_model(cfg)
+        proc = Processor(cfg, model, freq, publish)
+        proc.store.load(tmp_path)
+        return proc
+
+    streams = [f"s{i}" for i in range(5)]
+    rows = {s: series(i, 40) for i, s in enumerate(streams)}
+    proc = processor()
+    for i in range(40):
+        if i == 20:
+            proc = processor()  # a restart: nothing resident, everything comes from disk
+            assert len(proc.store) == 2
+        for s in streams:
+            ts, v = rows[s][i]
+            assert proc.handle(f"x/{s}/temp", json.dumps({"ts": ts, "temp": v}).encode())
+            proc.store.evict()
+            proc.store.commit(tmp_path)
+            assert len(proc.store) <= 2
+    assert proc.store.restored > 0 and proc.store.evictions > 0
+    got = {(p["stream"], p["ts"]): [p["forecast"]] for p in out}
+    check_exactly(got, models["step"], rows)
