@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         names = list(s.streams)
         k = 0
 
-        def one(s: StateStore = s, d: Path = d, journal: bool = journal) -> None:
+        def one(
+            s: StateStore = s, d: Path = d, journal: bool = journal, names: list[str] = names
+        ) -> None:
             nonlocal k
             for j in range(a.changed):
                 name = names[(k + j) % len(names)]
