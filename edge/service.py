@@ -229,6 +229,7 @@ class Service:
         self._pending: list[tuple[int, int]] = []  # (connection << 16 | mid, qos) to acknowledge
         self._pending_since = time.monotonic()
         self._sent: list[Any] = []  # paho MQTTMessageInfo of publications not yet confirmed
+        self._held: list[Any] = []  # messages taken off a full queue by `_confirm`, in order
 
     def _status(self, status: str, streams: int = 0, warming: int = 0) -> bytes:
         """The retained status: online/offline, the live model, how many streams there are
@@ -339,20 +340,13 @@ class Service:
         it in order, hand the results to paho, and group-commit: the states and the
         acknowledgements go out together once the queue runs dry, `commit_max` observations wait,
         or the oldest has waited `commit_interval` (see `_commit`)."""
-        get, get_nowait = self.queue.get, self.queue.get_nowait
         proc = self.processor
         running = True
         while running:
-            try:
-                batch = [get(timeout=self._commit_wait())]
-            except queue.Empty:
+            batch = self._take(BATCH)
+            if not batch:
                 self._maybe_checkpoint()
                 continue
-            while len(batch) < BATCH:
-                try:
-                    batch.append(get_nowait())
-                except queue.Empty:
-                    break
             acks = []
             for item in batch:
                 if item is _STOP:
@@ -369,6 +363,8 @@ class Service:
                 self._commit()
             if time.monotonic() - self._last_checkpoint >= self.config.checkpoint_interval:
                 self._maybe_checkpoint()
+            elif len(proc.store) != self.metrics.streams:
+                self._update_gauges()
         self._maybe_checkpoint(force=True)
 
     def _flush(self, acks: list[tuple[int, int]]) -> None:
@@ -394,6 +390,33 @@ class Service:
         self._pending.extend(acks)
         if not track:
             self._commit()
+
+    def _take(self, n: int) -> list[Any]:
+        """Up to `n` messages in order: those `_confirm` set aside first, then the queue's
+        (waiting for the first one at most until a commit is due); [] if none came."""
+        held = self._held
+        batch = held[:n]
+        del held[:n]
+        if not batch:
+            try:
+                batch.append(self.queue.get(timeout=self._commit_wait()))
+            except queue.Empty:
+                return batch
+        get_nowait = self.queue.get_nowait
+        while len(batch) < n:
+            try:
+                batch.append(get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _set_aside(self) -> None:
+        get_nowait = self.queue.get_nowait
+        try:
+            while True:
+                self._held.append(get_nowait())
+        except queue.Empty:
+            pass
 
     def _commit_wait(self) -> float:
         """How long the worker may wait for the next message before a commit is due."""
@@ -451,9 +474,14 @@ class Service:
         deadline = time.monotonic() + timeout
         sent = self._sent
         while sent:
-            if self.queue.full():  # paho's thread waits for room: it cannot read the acks now
-                return False
-            if not self.transport.delivered(sent[0], min(0.05, timeout)):
+            if self.queue.full():
+                # paho's thread is waiting for room, so it reads no acknowledgements and writes
+                # nothing: set the queue's messages aside (the worker takes them next), once,
+                # so there is never more than one queue's worth aside
+                if self._held:
+                    return False
+                self._set_aside()
+            if not self.transport.delivered(sent[0], min(0.01, timeout)):
                 if time.monotonic() >= deadline:
                     return False
                 continue
