@@ -397,6 +397,7 @@ def test_proxy_drops_and_stalls_reconnect_with_backoff_and_lose_nothing(
     check_exactly(predictions_by_key(col, f"{cid}-out/"), models["step"], rows)
     delays = [float(line.split("Reconnecting in ")[1].split()[0])
               for line in d.log().splitlines() if "Reconnecting in " in line]
+    print(f"proxy: {2 * 1500} observations, reconnect delays {delays}")
     assert len(delays) >= 5, d.log()[-3000:]
     assert max(delays) >= 0.2  # the third attempt in a row waits at least 0.2 s (0.1·2²/2)
     assert max(delays) <= 2.0
