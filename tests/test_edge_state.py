@@ -203,3 +203,18 @@ def test_eviction_without_directory_forgets() -> None:
     _step(s, "b", 1.0)
     assert s.evict() == 1
     assert s.get("a") is None and s.get("b") is not None
+
+
+def test_journal_roundtrip_window(tmp_path: Path) -> None:
+    s = _store(lookback=4)
+    st = s.create("w")
+    assert st.window is not None
+    st.window[:] = np.arange(8, dtype=np.float32).reshape(4, 2)
+    st.filled = 3
+    st.last_t = 7.0
+    s.mark("w")
+    s.commit(tmp_path)
+    t = _store(lookback=4)
+    assert t.load(tmp_path) == 1
+    assert t.streams["w"].filled == 3 and t.streams["w"].last_t == 7.0
+    np.testing.assert_array_equal(t.streams["w"].window, st.window)
