@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 LOG_EVERY = 60.0
 BATCH = 64
+MAX_UNCONFIRMED = 5000  # publications waiting for the broker before the worker stops taking
 _STOP = object()
 
 # (topic, payload, retain) -> accepted
@@ -206,7 +207,8 @@ class Service:
         self.model = model
         self.manifest = model.manifest
         self.metrics = Metrics(self.manifest.model_id)
-        self.queue: queue.Queue[Any] = queue.Queue(maxsize=config.queue_size)
+        # unbounded: paho's thread must never wait (see `enqueue`); QoS 0 is cut at queue_size
+        self.queue: queue.Queue[Any] = queue.Queue()
         self.metrics.queue_depth = self.queue.qsize
         self._status_counts = (0, 0)
         self._outbox: list[tuple[str, bytes, int]] = []
@@ -229,7 +231,6 @@ class Service:
         self._pending: list[tuple[int, int]] = []  # (connection << 16 | mid, qos) to acknowledge
         self._pending_since = time.monotonic()
         self._sent: list[Any] = []  # paho MQTTMessageInfo of publications not yet confirmed
-        self._held: list[Any] = []  # messages taken off a full queue by `_confirm`, in order
 
     def _status(self, status: str, streams: int = 0, warming: int = 0) -> bytes:
         """The retained status: online/offline, the live model, how many streams there are
@@ -254,18 +255,19 @@ class Service:
     def enqueue(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
         """Called by paho's network thread: hand the message to the worker, nothing else.
 
-        QoS 0 messages that find the queue full are dropped and counted (`queue_full`): the
-        newest is dropped, nothing in hand is. QoS 1 messages wait for room, which stops paho
-        reading the socket: TCP pushes back to the broker, which holds the rest (it also sends
-        at most its in-flight window, or the MQTT 5 receive-maximum, unacknowledged, where it
-        honours them: mosquitto 2.0 does not when it resumes a session). The message id carries
-        the connection number above bit 16: an acknowledgement is never sent on a later
-        connection, where the broker may have reused the id."""
+        This thread never waits: it also reads the broker's acknowledgements of our predictions
+        and writes them out, which a commit waits for. A QoS 0 message that finds `queue_size`
+        messages waiting is dropped and counted (`queue_full`): the newest is dropped, nothing
+        in hand is. QoS 1 messages are bounded by the broker's in-flight window (the MQTT 5
+        receive-maximum, 1000): the worker acknowledges them only after the commit that covers
+        them. The message id carries the connection number above bit 16, so an
+        acknowledgement is never sent on a later connection, where the broker may have reused
+        the id (it redelivers the message instead)."""
         if qos == 0:
-            try:
-                self.queue.put_nowait((topic, payload, mid, qos))
-            except queue.Full:
+            if self.queue.qsize() >= self.config.queue_size:
                 self.metrics.drop("queue_full")
+                return
+            self.queue.put((topic, payload, mid, qos))
             return
         self.queue.put((topic, payload, mid | (self.transport.connects << 16), qos))
 
@@ -392,16 +394,18 @@ class Service:
             self._commit()
 
     def _take(self, n: int) -> list[Any]:
-        """Up to `n` messages in order: those `_confirm` set aside first, then the queue's
-        (waiting for the first one at most until a commit is due); [] if none came."""
-        held = self._held
-        batch = held[:n]
-        del held[:n]
-        if not batch:
-            try:
-                batch.append(self.queue.get(timeout=self._commit_wait()))
-            except queue.Empty:
-                return batch
+        """Up to `n` queued messages in order (waiting for the first at most until a commit is
+        due; [] if none came). While `MAX_UNCONFIRMED` publications wait for the broker, no more
+        are taken: the commit that needs them is retried first (backpressure while the broker
+        is away, and paho's message ids never wrap round)."""
+        while len(self._sent) >= MAX_UNCONFIRMED and not self.stopping.is_set():
+            if self._commit():
+                break
+        batch: list[Any] = []
+        try:
+            batch.append(self.queue.get(timeout=self._commit_wait()))
+        except queue.Empty:
+            return batch
         get_nowait = self.queue.get_nowait
         while len(batch) < n:
             try:
@@ -409,14 +413,6 @@ class Service:
             except queue.Empty:
                 break
         return batch
-
-    def _set_aside(self) -> None:
-        get_nowait = self.queue.get_nowait
-        try:
-            while True:
-                self._held.append(get_nowait())
-        except queue.Empty:
-            pass
 
     def _commit_wait(self) -> float:
         """How long the worker may wait for the next message before a commit is due."""
@@ -474,14 +470,7 @@ class Service:
         deadline = time.monotonic() + timeout
         sent = self._sent
         while sent:
-            if self.queue.full():
-                # paho's thread is waiting for room, so it reads no acknowledgements and writes
-                # nothing: set the queue's messages aside (the worker takes them next), once,
-                # so there is never more than one queue's worth aside
-                if self._held:
-                    return False
-                self._set_aside()
-            if not self.transport.delivered(sent[0], min(0.01, timeout)):
+            if not self.transport.delivered(sent[0], min(0.05, timeout)):
                 if time.monotonic() >= deadline:
                     return False
                 continue
