@@ -150,9 +150,9 @@ class Transport:
     def delivered(self, info: mqtt.MQTTMessageInfo, timeout: float) -> bool:
         """True once the broker acknowledged the message (QoS 1) or it was written (QoS 0).
 
-        A message queued while disconnected keeps paho's NO_CONN code, for which
-        `is_published` raises although paho sends it after reconnecting and marks it on the
-        broker's acknowledgement; for those the flag is read under paho's own condition."""
+        paho's `is_published` raises for a message queued while disconnected (it keeps the
+        NO_CONN code) although paho sends it after reconnecting and marks it on the broker's
+        acknowledgement, so the mark is read here, under paho's own condition."""
         cond = info._condition
         with cond:
             if not info._published and timeout > 0:
