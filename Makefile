@@ -45,7 +45,7 @@ demo: $(STAMP) broker
 bench: $(STAMP) broker
 	CUDA_VISIBLE_DEVICES= TF_CPP_MIN_LOG_LEVEL=2 $(PY) bench/bench_train.py
 
-# 1,000,000 observations across 1,000 churning streams (about 5 minutes on 2 cores); not in `make test`.
+# 1,000,000 observations across 1,000 churning streams (about 4 minutes on 2 cores); not in `make test`.
 soak: $(STAMP) broker
 	$(PY) bench/soak.py --out soak.json
 
