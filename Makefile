@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: all setup broker test lint demo bench clean
+.PHONY: all setup broker test lint demo bench soak clean
 
 all: test
 
@@ -50,6 +50,10 @@ bench: $(STAMP) broker
 	CUDA_VISIBLE_DEVICES= TF_CPP_MIN_LOG_LEVEL=3 $(PY) bench/bench_daemon.py
 	CUDA_VISIBLE_DEVICES= TF_CPP_MIN_LOG_LEVEL=2 $(PY) bench/bench_train_speed.py
 	CUDA_VISIBLE_DEVICES= TF_CPP_MIN_LOG_LEVEL=2 $(PY) bench/bench_train.py
+
+# 1,000,000 observations across 1,000 churning streams (about 4 minutes on 2 cores); not in `make test`.
+soak: $(STAMP) broker
+	$(PY) bench/soak.py --out soak.json
 
 clean:
 	rm -rf $(VENV) runs demo-out .pytest_cache .mypy_cache .ruff_cache

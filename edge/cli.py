@@ -91,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
         "dynamic-batch graph, one per stream (default 256)")
     add("--max-delay-ms", type=float, metavar="MS", help="how long the worker may wait for more "
         "messages to fill a batch (default 0: step what has arrived)")
+    add("--commit-interval", type=float, metavar="SECONDS", help="group commit: states are made "
+        "durable and observations acknowledged at least this often (default 0.005)")
+    add("--commit-max", type=int, metavar="N", help="... or after N observations (default 256)")
+    add("--no-fsync", dest="fsync", action="store_const", const=False, help="do not fsync "
+        "commits: survives a daemon crash, not a power cut")
+    add("--stream-ttl", type=float, metavar="SECONDS", help="evict streams idle this long from "
+        "memory (with --state-dir their state is kept on disk and restored when they return)")
+    add("--max-resident", type=int, metavar="N", help="keep at most N streams in memory, "
+        "evicting the least recently used")
     return p
 
 
@@ -99,7 +108,8 @@ FLAG_KEYS = (
     "mqtt_version", "username", "password_file", "ca_file", "cert_file", "key_file",
     "tls_insecure", "commands",
     "stream_level", "stream_field", "max_payload", "on_gap", "late", "metrics_port",
-    "metrics_host", "log_level", "max_batch", "max_delay_ms",
+    "metrics_host", "log_level", "max_batch", "max_delay_ms", "commit_interval", "commit_max",
+    "fsync", "stream_ttl", "max_resident",
 )
 
 

@@ -224,6 +224,8 @@ def _strict_loads(payload: bytes) -> Any:
         return json.loads(text)
     except (json.JSONDecodeError, RecursionError):
         raise PayloadError("malformed_json", "payload is not valid JSON") from None
+    except ValueError:  # an integer longer than Python converts (4,300 digits)
+        raise PayloadError("not_finite", "payload holds a number too long to read") from None
 
 
 def _is_number(v: Any) -> bool:

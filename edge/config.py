@@ -134,6 +134,11 @@ class EdgeConfig:
     log_level: str = "INFO"
     max_batch: int = 256
     max_delay_ms: float = 0.0
+    commit_interval: float = 0.005
+    commit_max: int = 256
+    fsync: bool = True
+    stream_ttl: float | None = None
+    max_resident: int | None = None
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -194,6 +199,14 @@ class EdgeConfig:
                 raise EdgeError(f"{key} {path} does not exist")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.field_map.items()):
             raise EdgeError("field_map must map feature names to payload keys (strings)")
+        if not 0 < self.commit_interval <= 1.0:
+            raise EdgeError("commit_interval must be more than 0 and at most 1 second")
+        if self.commit_max < 1:
+            raise EdgeError("commit_max must be at least 1")
+        if self.stream_ttl is not None and self.stream_ttl <= 0:
+            raise EdgeError("stream_ttl must be positive")
+        if self.max_resident is not None and self.max_resident < 1:
+            raise EdgeError("max_resident must be at least 1")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise EdgeError(f"log_level {self.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
         if not 1 <= self.max_batch <= 65536:
@@ -240,9 +253,12 @@ class EdgeConfig:
 
 _INT_KEYS = {
     "qos", "keepalive", "session_expiry", "stream_level", "max_payload", "max_streams",
-    "queue_size", "metrics_port", "threads", "max_batch",
+    "queue_size", "metrics_port", "threads", "max_batch", "commit_max", "max_resident",
 }
-_FLOAT_KEYS = {"checkpoint_interval", "reconnect_min", "reconnect_max", "max_delay_ms"}
+_FLOAT_KEYS = {
+    "checkpoint_interval", "reconnect_min", "reconnect_max", "max_delay_ms", "commit_interval",
+    "stream_ttl",
+}
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -256,9 +272,9 @@ def _coerce(key: str, value: Any) -> Any:
         if not isinstance(value, Mapping):
             raise EdgeError("field_map must be a table of feature = payload key")
         return dict(value)
-    if key == "tls_insecure":
+    if key in ("tls_insecure", "fsync"):
         if not isinstance(value, bool):
-            raise EdgeError("tls_insecure must be true or false")
+            raise EdgeError(f"{key} must be true or false")
         return value
     if key in _INT_KEYS:
         if isinstance(value, bool) or not isinstance(value, int):

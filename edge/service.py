@@ -43,6 +43,7 @@ from edge.transport import Transport
 log = logging.getLogger(__name__)
 
 LOG_EVERY = 60.0
+MAX_UNCONFIRMED = 5000  # publications waiting for the broker before the worker stops taking
 _STOP = object()
 FATAL_EXIT = 3  # the broker refused us for good (credentials, TLS): retrying cannot help
 
@@ -126,6 +127,9 @@ class Processor:
             lookback=self.runner.lookback,
             n_features=m.n_features,
             max_streams=config.max_streams,
+            ttl=config.stream_ttl,
+            max_resident=config.max_resident,
+            fsync=config.fsync,
         )
         if store is not None and store.same_layout(fresh):
             store.model_id = m.model_id
@@ -174,7 +178,7 @@ class Processor:
         y = self.runner.step_one(st, obs.values)
         if st.last_t is None or obs.t > st.last_t:
             st.last_t = obs.t
-        self.store.dirty = True
+        self.store.mark(stream)
         if y is None:
             return False
         self.metrics.model_runs += 1
@@ -331,7 +335,8 @@ class Service:
         self.model = model
         self.manifest = model.manifest
         self.metrics = Metrics(self.manifest.model_id)
-        self.queue: queue.Queue[Any] = queue.Queue(maxsize=config.queue_size)
+        # unbounded: paho's thread must never wait (see `enqueue`); QoS 0 is cut at queue_size
+        self.queue: queue.Queue[Any] = queue.Queue()
         self.metrics.queue_depth = self.queue.qsize
         self.fatal: str | None = None
         self.notifier = Notifier()
@@ -359,6 +364,9 @@ class Service:
         self.worker = threading.Thread(target=self._work, name="statecast-worker", daemon=True)
         self.metrics_server: MetricsServer | None = None
         self._last_checkpoint = time.monotonic()
+        self._pending: list[tuple[int, int]] = []  # (connection << 16 | mid, qos) to acknowledge
+        self._pending_since = time.monotonic()
+        self._sent: list[Any] = []  # paho MQTTMessageInfo of publications not yet confirmed
 
     def _status(self, status: str, streams: int = 0, warming: int = 0) -> bytes:
         """The retained status: online/offline, the live model, how many streams there are
@@ -382,11 +390,25 @@ class Service:
         return True
 
     def enqueue(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
-        """Called by paho's network thread: hand the message to the worker, nothing else."""
-        if topic == self.command_topic:
-            self.queue.put((Command(payload), b"", mid, qos))
+        """Called by paho's network thread: hand the message to the worker, nothing else.
+
+        This thread never waits: it also reads the broker's acknowledgements of our predictions
+        and writes them out, which a commit waits for. A QoS 0 message that finds `queue_size`
+        messages waiting is dropped and counted (`queue_full`): the newest is dropped, nothing
+        in hand is. QoS 1 messages are bounded by the broker's in-flight window (the MQTT 5
+        receive-maximum, 1000): the worker acknowledges them only after the commit that covers
+        them. The message id carries the connection number above bit 16, so an
+        acknowledgement is never sent on a later connection, where the broker may have reused
+        the id (it redelivers the message instead). A message on the commands topic travels in
+        the same queue, so it runs between the messages that came before and after it."""
+        item: Any = Command(payload) if topic == self.command_topic else topic
+        if qos == 0:
+            if self.queue.qsize() >= self.config.queue_size:
+                self.metrics.drop("queue_full")
+                return
+            self.queue.put((item, payload, mid, qos))
             return
-        self.queue.put((topic, payload, mid, qos))
+        self.queue.put((item, payload, mid | (self.transport.connects << 16), qos))
 
     def _on_fatal(self, why: str) -> None:
         self.fatal = why
@@ -506,18 +528,27 @@ class Service:
         """Worker: put the new model in service between two messages, keeping the states when
         their layout is the same and starting them afresh (reported) when it is not."""
         old_id = self.manifest.model_id
-        self._maybe_checkpoint(force=True)
+        directory = self.config.state_dir
+        self._maybe_checkpoint(force=True)  # the old model's states, durable under its id
         old_store = self.processor.store
+        old_spill = old_store.spill_dir(directory) if directory is not None else None
         proc = Processor(self.config, swap.model, swap.freq, self._publish, self.metrics,
                          store=old_store)
         kept = proc.store is old_store
-        if not kept and self.config.state_dir is not None:
-            proc.store.load(self.config.state_dir)  # e.g. a rollback to a model seen before
+        if directory is not None:
+            if kept and old_spill is not None and old_spill.is_dir():
+                new_spill = proc.store.spill_dir(directory)
+                if not new_spill.exists():  # evicted streams carry over too
+                    os.replace(old_spill, new_spill)
+            elif not kept:
+                proc.store.load(directory)  # e.g. a rollback to a model seen before
         self.processor, self.model, self.manifest = proc, swap.model, swap.model.manifest
         self.metrics.model_id = self.manifest.model_id
         self.metrics.reloads += 1
         if not kept:
             self.metrics.reset("reload", len(old_store))
+        if directory is not None:
+            self._maybe_checkpoint(force=True)  # a snapshot under the new model's id
         log.info("Model %s is live (was %s); the states of %d streams were %s", self.manifest
                  .model_id, old_id, len(old_store), "kept" if kept else "reset")
         self._event("reload", ok=True, source=swap.source, previous=old_id,
@@ -574,39 +605,19 @@ class Service:
     def _work(self) -> None:
         """The worker loop: take what is queued (up to `max_batch`, waiting at most
         `max_delay_ms` for more after the first), process it in order — stepping the streams
-        together when the graph has a dynamic batch — then hand the results and acknowledgements
-        to paho together, so its network thread wakes once per batch rather than twice per
-        message."""
-        interval = self.config.checkpoint_interval
+        together when the graph has a dynamic batch — hand the results to paho, and
+        group-commit: the states and the acknowledgements go out together once the queue runs
+        dry, `commit_max` observations wait, or the oldest has waited `commit_interval` (see
+        `_commit`)."""
         limit = self.config.max_batch
-        delay = self.config.max_delay_ms / 1000.0
-        get, get_nowait = self.queue.get, self.queue.get_nowait
-        monotonic = time.monotonic
         proc = self.processor
-        store = proc.store
         running = True
         while running:
             self._beat = time.monotonic()
-            timeout = 1.0
-            if store.dirty:
-                timeout = max(0.0, self._last_checkpoint + interval - monotonic())
-            try:
-                batch = [get(timeout=timeout)]
-            except queue.Empty:
+            batch = self._take(limit)
+            if not batch:
                 self._maybe_checkpoint()
                 continue
-            deadline = monotonic() + delay
-            while len(batch) < limit:
-                try:
-                    batch.append(get_nowait())
-                except queue.Empty:
-                    left = deadline - monotonic() if delay else 0.0
-                    if left <= 0:
-                        break
-                    try:
-                        batch.append(get(timeout=left))
-                    except queue.Empty:
-                        break
             # Messages go to the processor together; a command or a model swap is run between
             # the messages before and after it.
             acks: list[tuple[int, int]] = []
@@ -627,7 +638,7 @@ class Service:
                                       .model_id)
                         self.metrics.reloads_failed += 1
                         self._event("reload", ok=False, source=item.source, detail=str(exc))
-                    proc, store = self.processor, self.processor.store
+                    proc = self.processor
                     continue
                 topic, payload, mid, qos = item
                 if isinstance(topic, Command):
@@ -641,9 +652,12 @@ class Service:
                     messages.append((topic, payload))
                 acks.append((mid, qos))
             self._process(proc, messages)
-            self.metrics.streams = len(store)  # before the results go out
+            if len(proc.store) != self.metrics.streams:
+                self._update_gauges()  # the gauge and status follow new streams at once
             self._flush(acks)
-            if store.dirty and monotonic() - self._last_checkpoint >= interval:
+            if self._commit_due():
+                self._commit()
+            if time.monotonic() - self._last_checkpoint >= self.config.checkpoint_interval:
                 self._maybe_checkpoint()
         self._maybe_checkpoint(force=True)
 
@@ -657,17 +671,124 @@ class Service:
             log.exception("Failed to process a batch of %d messages", len(messages))
 
     def _flush(self, acks: list[tuple[int, int]]) -> None:
-        """Publish what the batch produced, in order, then acknowledge its messages."""
+        """Publish what the batch produced, in order, and hand its acknowledgements to the next
+        commit (without a state directory there is nothing to make durable: acknowledge now)."""
         publish = self.transport.publish
+        track = self.config.state_dir is not None
         refused = 0
         for topic, payload, qos in self._outbox:
-            if not publish(topic, payload, qos):
+            if track and qos > 0:
+                info = self.transport.publish_tracked(topic, payload, qos)
+                if info is None:
+                    refused += 1
+                else:
+                    self._sent.append(info)
+            elif not publish(topic, payload, qos):
                 refused += 1
         self._outbox.clear()
         if refused:
             self.metrics.drop("publish_refused", refused)
-        for mid, qos in acks:
-            self.transport.ack(mid, qos)
+        if not self._pending:
+            self._pending_since = time.monotonic()
+        self._pending.extend(acks)
+        if not track:
+            self._commit()
+
+    def _take(self, n: int) -> list[Any]:
+        """Up to `n` queued messages in order (waiting for the first at most until a commit is
+        due; [] if none came). While `MAX_UNCONFIRMED` publications wait for the broker, no more
+        are taken: the commit that needs them is retried first (backpressure while the broker
+        is away, and paho's message ids never wrap round)."""
+        while len(self._sent) >= MAX_UNCONFIRMED and not self.stopping.is_set():
+            if self._commit():
+                break
+        batch: list[Any] = []
+        try:
+            batch.append(self.queue.get(timeout=self._commit_wait()))
+        except queue.Empty:
+            return batch
+        get, get_nowait = self.queue.get, self.queue.get_nowait
+        delay = self.config.max_delay_ms / 1000.0
+        deadline = time.monotonic() + delay
+        while len(batch) < n:
+            try:
+                batch.append(get_nowait())
+            except queue.Empty:
+                left = deadline - time.monotonic() if delay else 0.0
+                if left <= 0:
+                    break
+                try:
+                    batch.append(get(timeout=left))
+                except queue.Empty:
+                    break
+        return batch
+
+    def _commit_wait(self) -> float:
+        """How long the worker may wait for the next message before a commit is due."""
+        if self._pending or self._sent:
+            return max(0.0, self._pending_since + self.config.commit_interval - time.monotonic())
+        if self.processor.store.dirty:
+            return max(0.0, self._last_checkpoint + self.config.checkpoint_interval
+                       - time.monotonic())
+        return 1.0
+
+    def _commit_due(self) -> bool:
+        return bool(self._pending) and (
+            self.queue.empty()
+            or len(self._pending) >= self.config.commit_max
+            or time.monotonic() - self._pending_since >= self.config.commit_interval
+        )
+
+    def _commit(self, final: bool = False) -> bool:
+        """Group commit. In this order: (1) wait until the broker has acknowledged every
+        prediction and error published since the last commit, (2) make the states durable (one
+        journal append), (3) acknowledge the observations that produced them. A crash before (2)
+        redelivers the observations and they are stepped again from the committed state, giving
+        the same predictions; a crash after (2) redelivers observations whose `ts` the state
+        already holds, which are dropped as duplicates and never stepped twice. Returns False
+        (nothing acknowledged, retried later) while the broker has not confirmed or the write
+        failed."""
+        cfg = self.config
+        if cfg.state_dir is not None:
+            if not self._confirm(10.0 if final else 0.5):
+                if final:
+                    log.warning("The broker did not confirm the last predictions; their "
+                                "observations stay unacknowledged and will be redelivered")
+                return False
+            store = self.processor.store
+            store.evict()
+            try:
+                if store.commit(cfg.state_dir, snapshot=final):
+                    self.metrics.checkpoints += 1
+            except OSError as exc:
+                log.warning("Could not commit the state to %s (%s); observations stay "
+                            "unacknowledged", cfg.state_dir, exc)
+                return False
+        connection = self.transport.connects
+        ack = self.transport.ack
+        for tagged, qos in self._pending:
+            if qos == 0:
+                continue
+            if tagged >> 16 == connection:  # older connections' ids may have been reused
+                ack(tagged & 0xFFFF, qos)
+        self._pending.clear()
+        return True
+
+    def _confirm(self, timeout: float) -> bool:
+        """Wait (up to `timeout`) until the broker has acknowledged every tracked publication."""
+        deadline = time.monotonic() + timeout
+        sent = self._sent
+        while sent:
+            if not self.transport.delivered(sent[0], min(0.05, timeout)):
+                if time.monotonic() >= deadline:
+                    return False
+                continue
+            # broker acknowledgements come in order: skip what is already confirmed
+            i = 1
+            while i < len(sent) and self.transport.delivered(sent[i], 0.0):
+                i += 1
+            del sent[:i]
+        return True
 
     def _update_gauges(self) -> None:
         store = self.processor.store
@@ -685,16 +806,13 @@ class Service:
             )
 
     def _maybe_checkpoint(self, force: bool = False) -> None:
+        """Idle-time upkeep: commit what is pending, evict idle streams, update the gauges. State
+        is written only through `_commit`, after the broker confirmed its predictions."""
         store = self.processor.store
+        if self._pending or self._sent or store.dirty or force or store.ttl:
+            self._commit(final=force)
+        if self.config.state_dir is None:
+            store.evict()
         self._update_gauges()
-        if self.config.state_dir is None or not (store.dirty or force):
-            self._last_checkpoint = time.monotonic()
-            return
-        try:
-            path = store.save(self.config.state_dir)
-            self.metrics.checkpoints += 1
-            log.debug("Checkpoint written to %s", path)
-        except OSError as exc:
-            log.warning("Could not write the checkpoint to %s (%s)", self.config.state_dir, exc)
         self._last_checkpoint = time.monotonic()
 

@@ -5,16 +5,29 @@ and renamed over the old one, so a crash leaves either the previous or the new c
 ids never become file names: they are stored in the JSON header inside the file, and the file name
 is derived from the model id alone (percent-encoded), so no stream id can escape the directory.
 Arrays are stacked over streams; nothing is pickled.
+
+Between snapshots, `commit` appends the streams that changed since the last commit to a journal
+(`<checkpoint>.journal`): one frame per commit, each with a sequence number, its length and a
+CRC32, so a frame torn by a crash is recognised and ignored on `load`. A commit costs one write of
+the changed streams (and an fsync if asked), not a rewrite of every stream; when the journal grows
+past `COMPACT_BYTES` a snapshot is written and the journal starts again. Streams idle longer than
+`ttl` seconds, or beyond `max_resident` (least recently used first), are evicted: their state is
+written to a spill file named by the hash of the stream id (`<checkpoint>.spill/`) and read back
+when the stream comes back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
+import struct
 import tempfile
 import time
+import zlib
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +41,9 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 PREFIX = "statecast-state-"
+JOURNAL_MAGIC = b"SCJ1"
+FRAME = struct.Struct("<4sIIQ")  # magic, payload length, CRC32 of the payload, sequence number
+COMPACT_BYTES = 4 << 20
 
 
 @dataclass
@@ -44,6 +60,7 @@ class StreamState:
     filled: int = 0
     last_t: float | None = None
     count: int = 0
+    used: float = 0.0  # time.monotonic() of the last change (eviction); not checkpointed
 
     @property
     def warming(self) -> bool:
@@ -60,14 +77,27 @@ class StateStore:
         lookback: int | None = None,
         n_features: int = 1,
         max_streams: int = 100_000,
+        ttl: float | None = None,
+        max_resident: int | None = None,
+        fsync: bool = True,
     ) -> None:
         self.model_id = model_id
         self._zero = [np.asarray(z, dtype=np.float32) for z in zero_state]
         self.lookback = lookback
         self.n_features = n_features
         self.max_streams = max_streams
-        self.streams: dict[str, StreamState] = {}
+        self.streams: OrderedDict[str, StreamState] = OrderedDict()  # least recently used first
         self.dirty = False
+        self.ttl = ttl
+        self.max_resident = max_resident
+        self.fsync = fsync
+        self.directory: Path | None = None  # set by load/save: where commits and spills go
+        self.seq = 0  # sequence number of the last commit
+        self.changed: set[str] = set()  # streams changed since the last commit
+        self.evicted: list[str] = []  # evicted since the last commit
+        self.restored = 0  # streams read back from spill files
+        self.evictions = 0
+        self._journal_bytes = 0
 
     def new(self) -> StreamState:
         window = None
@@ -76,7 +106,10 @@ class StateStore:
         return StreamState(state=[z.copy() for z in self._zero], window=window)
 
     def get(self, stream: str) -> StreamState | None:
-        return self.streams.get(stream)
+        st = self.streams.get(stream)
+        if st is None and self.directory is not None and (self.ttl or self.max_resident):
+            st = self._unspill(stream)
+        return st
 
     def create(self, stream: str) -> StreamState:
         if len(self.streams) >= self.max_streams:
@@ -87,13 +120,88 @@ class StateStore:
     def reset(self, stream: str) -> StreamState:
         """Zero a stream's state (its last timestamp is kept by the caller if it wants)."""
         st = self.streams[stream] = self.new()
+        self.mark(stream)
+        return st
+
+    def mark(self, stream: str) -> None:
+        """Record that `stream` changed: the next commit writes it; it becomes most recent."""
+        st = self.streams[stream]
+        st.used = time.monotonic()
+        self.streams.move_to_end(stream)
+        self.changed.add(stream)
         self.dirty = True
+
+    # -- eviction ------------------------------------------------------------------------------
+
+    def evict(self, now: float | None = None) -> int:
+        """Evict streams idle for more than `ttl` seconds, then the least recently used beyond
+        `max_resident`. With a directory their state goes to a spill file first (written before
+        the commit that records the eviction); without one it is forgotten. Returns how many."""
+        if not self.ttl and not self.max_resident:
+            return 0
+        now = time.monotonic() if now is None else now
+        victims: list[str] = []
+        excess = len(self.streams) - self.max_resident if self.max_resident else 0
+        for name, st in self.streams.items():  # least recently used first
+            if len(victims) < excess or (self.ttl and now - st.used > self.ttl):
+                victims.append(name)
+            else:
+                break
+        for name in victims:
+            st = self.streams[name]
+            if self.directory is not None:
+                self._spill(name, st)
+            del self.streams[name]
+            self.changed.discard(name)
+            self.evicted.append(name)
+        if victims:
+            self.dirty = True
+            self.evictions += len(victims)
+        return len(victims)
+
+    def spill_dir(self, directory: str | Path) -> Path:
+        return Path(directory) / (checkpoint_name(self.model_id)[:-4] + ".spill")
+
+    def _spill_path(self, stream: str) -> Path:
+        assert self.directory is not None
+        digest = hashlib.sha256(stream.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+        return self.spill_dir(self.directory) / (digest + ".st")
+
+    def _spill(self, stream: str, st: StreamState) -> None:
+        path = self._spill_path(stream)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, self._frame({stream: st}, []), self.fsync)
+
+    def _unspill(self, stream: str) -> StreamState | None:
+        path = self._spill_path(stream)
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        frames = list(self._frames(data))
+        if not frames or stream not in frames[0][1]:
+            log.warning("Ignoring damaged spill file %s", path)
+            return None
+        st = frames[0][1][stream]
+        st.used = time.monotonic()
+        self.streams[stream] = st
+        self.restored += 1
         return st
 
     def drop(self, stream: str) -> bool:
-        """Forget a stream entirely (it starts afresh if it comes back); False if unknown."""
-        if self.streams.pop(stream, None) is None:
+        """Forget a stream entirely, in memory and on disk (it starts afresh if it comes back);
+        False if unknown. The next commit records it like an eviction."""
+        known = self.streams.pop(stream, None) is not None
+        if self.directory is not None:
+            try:
+                self._spill_path(stream).unlink()
+                known = True
+            except OSError:
+                pass
+        if not known:
             return False
+        self.changed.discard(stream)
+        self.evicted.append(stream)
         self.dirty = True
         return True
 
@@ -119,6 +227,100 @@ class StateStore:
     def path(self, directory: str | Path) -> Path:
         return Path(directory) / checkpoint_name(self.model_id)
 
+    def journal_path(self, directory: str | Path) -> Path:
+        return Path(directory) / (checkpoint_name(self.model_id)[:-4] + ".journal")
+
+    def commit(self, directory: str | Path, snapshot: bool = False) -> int:
+        """Make every change since the last commit durable: append one journal frame with the
+        changed streams and the evicted names (fsync'd if `fsync`), or write a snapshot when
+        asked or when the journal has grown past COMPACT_BYTES. Returns the bytes written."""
+        directory = Path(directory)
+        self.directory = directory
+        if snapshot or self._journal_bytes >= COMPACT_BYTES:
+            path = self.save(directory)
+            return path.stat().st_size
+        if not self.changed and not self.evicted:
+            self.dirty = False
+            return 0
+        self.seq += 1
+        frame = self._frame(
+            {n: self.streams[n] for n in self.changed if n in self.streams}, self.evicted
+        )
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.journal_path(directory), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, frame)
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._journal_bytes += len(frame)
+        self.changed.clear()
+        self.evicted.clear()
+        self.dirty = False
+        return len(frame)
+
+    def _frame(self, updates: dict[str, StreamState], evicted: list[str]) -> bytes:
+        names = list(updates)
+        states = list(updates.values())
+        head = {
+            "streams": names,
+            "last_t": [s.last_t for s in states],
+            "count": [s.count for s in states],
+            "filled": [s.filled for s in states],
+            "evicted": list(evicted),
+        }
+        parts: list[bytes] = []
+        for s in states:
+            parts.extend(np.ascontiguousarray(a, dtype=np.float32).tobytes() for a in s.state)
+            if self.lookback is not None and s.window is not None:
+                parts.append(np.ascontiguousarray(s.window, dtype=np.float32).tobytes())
+        text = json.dumps(head, ensure_ascii=True).encode()
+        payload = b"".join([struct.pack("<I", len(text)), text, *parts])
+        return FRAME.pack(JOURNAL_MAGIC, len(payload), zlib.crc32(payload), self.seq) + payload
+
+    def _frames(self, data: bytes) -> Iterator[tuple[int, dict[str, StreamState], list[str], int]]:
+        """(seq, updates, evicted, end offset) for each intact frame, stopping at the first torn
+        or damaged one."""
+        sizes = [int(z.size) for z in self._zero]
+        shapes = [z.shape for z in self._zero]
+        wsize = self.lookback * self.n_features if self.lookback is not None else 0
+        per = sum(sizes) + wsize
+        pos = 0
+        while pos + FRAME.size <= len(data):
+            magic, length, crc, seq = FRAME.unpack_from(data, pos)
+            start, end = pos + FRAME.size, pos + FRAME.size + length
+            if magic != JOURNAL_MAGIC or end > len(data):
+                return
+            payload = data[start:end]
+            if zlib.crc32(payload) != crc:
+                return
+            try:
+                (n,) = struct.unpack_from("<I", payload)
+                head = json.loads(payload[4 : 4 + n])
+                names = [str(x) for x in head["streams"]]
+                flat = np.frombuffer(payload, dtype=np.float32, offset=4 + n)
+                flat = flat.reshape(len(names), per)
+            except (ValueError, KeyError, TypeError, struct.error):
+                return
+            updates: dict[str, StreamState] = {}
+            for j, name in enumerate(names):
+                row, off, state = flat[j], 0, []
+                for size, shape in zip(sizes, shapes, strict=True):
+                    state.append(row[off : off + size].reshape(shape).copy())
+                    off += size
+                window = None
+                if self.lookback is not None:
+                    window = row[off:].reshape(self.lookback, self.n_features).copy()
+                last_t = head["last_t"][j]
+                updates[name] = StreamState(
+                    state=state, window=window, filled=int(head["filled"][j]),
+                    last_t=None if last_t is None else float(last_t),
+                    count=int(head["count"][j]),
+                )
+            yield int(seq), updates, [str(x) for x in head.get("evicted", [])], end
+            pos = end
+
     def save(self, directory: str | Path) -> Path:
         """Write all states atomically (temporary file, fsync, rename); returns the path."""
         directory = Path(directory)
@@ -130,6 +332,7 @@ class StateStore:
             "model_id": self.model_id,
             "streams": names,
             "saved": time.time(),
+            "seq": self.seq,
         }
         arrays: dict[str, np.ndarray] = {
             "header": np.array(json.dumps(header)),
@@ -164,6 +367,13 @@ class StateStore:
                 os.unlink(tmp)
             raise
         _fsync_dir(directory)
+        # the snapshot holds everything the journal did (frames up to `seq`): start it again
+        with contextlib.suppress(FileNotFoundError):
+            os.truncate(self.journal_path(directory), 0)
+        self._journal_bytes = 0
+        self.changed.clear()
+        self.evicted.clear()
+        self.directory = directory
         self.dirty = False
         return target
 
@@ -173,6 +383,7 @@ class StateStore:
         Checkpoints of other model ids are ignored with a warning; a damaged one too.
         """
         directory = Path(directory)
+        self.directory = directory
         if not directory.is_dir():
             return 0
         target = self.path(directory)
@@ -183,7 +394,7 @@ class StateStore:
                     other, unquote(other.name[len(PREFIX):-4]), self.model_id,
                 )
         if not target.is_file():
-            return 0
+            return self._replay(directory, OrderedDict(), 0)
         try:
             with np.load(target, allow_pickle=False) as data:
                 header = json.loads(str(data["header"]))
@@ -212,7 +423,7 @@ class StateStore:
         except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
             log.warning("Ignoring damaged checkpoint %s (%s)", target, exc)
             return 0
-        streams: dict[str, StreamState] = {}
+        streams: OrderedDict[str, StreamState] = OrderedDict()
         for j, name in enumerate(names):
             t = float(last_t[j])
             streams[name] = StreamState(
@@ -222,7 +433,41 @@ class StateStore:
                 last_t=None if np.isnan(t) else t,
                 count=int(count[j]),
             )
+        return self._replay(directory, streams, int(header.get("seq", 0)))
+
+    def _replay(self, directory: Path, streams: OrderedDict[str, StreamState], seq: int) -> int:
+        """Apply the journal's frames newer than the snapshot (`seq`); cut a torn tail off."""
+        journal = self.journal_path(directory)
+        try:
+            data = journal.read_bytes()
+        except OSError:
+            data = b""
+        good = 0
+        replayed = 0
+        for frame_seq, updates, evicted, end in self._frames(data):
+            good = end
+            if frame_seq <= seq:
+                continue
+            for name, st in updates.items():
+                streams.pop(name, None)
+                streams[name] = st
+            for name in evicted:
+                streams.pop(name, None)
+            seq = frame_seq
+            replayed += 1
+        if good < len(data):
+            log.warning("Ignoring %d damaged bytes at the end of %s", len(data) - good, journal)
+            os.truncate(journal, good)
+        if replayed:
+            log.info("Replayed %d journal commits from %s", replayed, journal)
+        now = time.monotonic()
+        for st in streams.values():
+            st.used = now
         self.streams = streams
+        self.seq = seq
+        self._journal_bytes = good
+        self.changed.clear()
+        self.evicted.clear()
         self.dirty = False
         return len(streams)
 
@@ -230,6 +475,21 @@ class StateStore:
 def checkpoint_name(model_id: str) -> str:
     """A file name for a model id that stays inside the directory whatever the id holds."""
     return PREFIX + quote(model_id, safe="")[:200].replace(".", "%2E") + ".npz"
+
+
+def _write_atomic(path: Path, data: bytes, fsync: bool) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _fsync_dir(directory: Path) -> None:

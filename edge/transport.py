@@ -163,6 +163,27 @@ class Transport:
         rc = info.rc
         return rc == mqtt.MQTT_ERR_SUCCESS or (rc == mqtt.MQTT_ERR_NO_CONN and qos > 0)
 
+    def publish_tracked(
+        self, topic: str, payload: bytes, qos: int
+    ) -> mqtt.MQTTMessageInfo | None:
+        """Queue a message and return paho's handle for `delivered`; None if paho refused it."""
+        info = self.client.publish(topic, payload, qos=qos)
+        if info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            return info
+        return None
+
+    def delivered(self, info: mqtt.MQTTMessageInfo, timeout: float) -> bool:
+        """True once the broker acknowledged the message (QoS 1) or it was written (QoS 0).
+
+        paho's `is_published` raises for a message queued while disconnected (it keeps the
+        NO_CONN code) although paho sends it after reconnecting and marks it on the broker's
+        acknowledgement, so the mark is read here, under paho's own condition."""
+        cond = info._condition
+        with cond:
+            if not info._published and timeout > 0:
+                cond.wait(timeout)
+            return bool(info._published)
+
     def ack(self, mid: int, qos: int) -> None:
         if qos > 0:
             self.client.ack(mid, qos)

@@ -50,15 +50,20 @@ class Rig:
         self.col: Collector = collector_factory(
             broker, [f"{cid}-out/#", f"{cid}-err/#", f"statecast/status/{cid}/#",
                      f"statecast/status/{cid}"])
-        mark = self.col.mark()
-        self.daemon: Daemon = daemon_factory(
+        self.args = [
             "--model", str(self.model), "--broker", broker.url, "--subscribe", f"{cid}/+/temp",
             "--publish", f"{cid}-out/{{stream}}", "--errors", f"{cid}-err/{{stream}}",
-            "--client-id", cid, *extra)
-        assert self.col.wait_status(cid, "online", mark), self.daemon.log()
+            "--client-id", cid, *extra]
+        self.factory = daemon_factory
+        self.start()
         self.pub = mqtt.Client(CallbackAPIVersion.VERSION2)
         self.pub.connect(broker.host, broker.port)
         self.pub.loop_start()
+
+    def start(self) -> None:
+        mark = self.col.mark()
+        self.daemon: Daemon = self.factory(*self.args)
+        assert self.col.wait_status(self.cid, "online", mark), self.daemon.log()
 
     def send(self, stream: str, ts: int, temp: float) -> None:
         self.pub.publish(f"{self.cid}/{stream}/temp",
@@ -219,3 +224,32 @@ def test_commands_reload_reset_drop(
     assert len(a) == 7 and a[6]["model"] == "test-win-reload"
     y, _ = StepModel(window).step(np.array(series[6:9], np.float32).reshape(3, 1), [])
     np.testing.assert_allclose(a[6]["forecast"], y[0], atol=1e-5, rtol=0)
+
+
+def test_swap_then_restart_continues_from_the_new_models_checkpoint(
+    broker: Mosquitto, models: dict[str, Path], tmp_path: Path, daemon_factory: Any,
+    collector_factory: Any,
+) -> None:
+    rig = Rig(broker, models["step"], tmp_path, daemon_factory, collector_factory,
+              "--state-dir", str(tmp_path / "state"))
+    series = temps(30, seed=3)
+    for ts in range(10):
+        rig.send("g1", ts, series[ts])
+    rig.wait_predictions("g1", 10)
+    replace_atomically(models["step2"], rig.model)
+    assert rig.wait_event(1)["states"] == "kept"
+    for ts in range(10, 20):
+        rig.send("g1", ts, series[ts])
+    rig.wait_predictions("g1", 20)
+    assert rig.daemon.stop() == 0
+    rig.start()  # the file now holds the new model: its checkpoint is found
+    for ts in range(20, 30):
+        rig.send("g1", ts, series[ts])
+    preds = rig.wait_predictions("g1", 30)
+    rig.close()
+    assert [p["ts"] for p in preds] == [ts * HOUR for ts in range(30)]
+    xs = np.array(series, np.float32).reshape(-1, 1)
+    before, state = StepModel(models["step"]).run_sequence(xs[:10])
+    after, _ = StepModel(models["step2"]).run_sequence(xs[10:], state)
+    np.testing.assert_allclose([p["forecast"] for p in preds], np.concatenate([before, after]),
+                               atol=1e-5, rtol=0)

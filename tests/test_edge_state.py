@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +103,118 @@ def test_checkpoint_is_not_pickled(tmp_path: Path) -> None:
     path = s.save(tmp_path)
     with np.load(path, allow_pickle=False) as data:
         assert {"header", "last_t", "count", "state_0", "state_1"} <= set(data.files)
+
+
+# -- journal, group commit and eviction ---------------------------------------------------------
+
+
+def _step(s: StateStore, name: str, t: float) -> None:
+    st = s.get(name) or s.create(name)
+    st.state = [x + 1 for x in st.state]
+    st.last_t = t
+    st.count += 1
+    s.mark(name)
+
+
+def test_commit_appends_only_changed_streams_and_replays(tmp_path: Path) -> None:
+    s = _store()
+    for i in range(100):
+        _step(s, f"s{i}", 1.0)
+    first = s.commit(tmp_path)
+    _step(s, "s3", 2.0)
+    second = s.commit(tmp_path)
+    assert second < first / 20  # one stream, not a hundred
+    assert s.commit(tmp_path) == 0  # nothing changed
+    assert not s.path(tmp_path).exists()  # no snapshot needed yet
+    t = _store()
+    assert t.load(tmp_path) == 100
+    assert t.streams["s3"].last_t == 2.0 and t.streams["s3"].count == 2
+    np.testing.assert_array_equal(t.streams["s3"].state[0], s.streams["s3"].state[0])
+
+
+def test_torn_journal_tail_is_ignored_and_cut(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = _store()
+    _step(s, "a", 1.0)
+    s.commit(tmp_path)
+    _step(s, "a", 2.0)
+    s.commit(tmp_path)
+    journal = s.journal_path(tmp_path)
+    data = journal.read_bytes()
+    for cut in (len(data) - 1, len(data) - 30):
+        journal.write_bytes(data[:cut])
+        t = _store()
+        with caplog.at_level(logging.WARNING, logger="edge.state"):
+            assert t.load(tmp_path) == 1
+        assert t.streams["a"].last_t == 1.0  # the torn second commit is not applied
+        assert "damaged bytes" in caplog.text
+    flipped = bytearray(data)
+    flipped[-3] ^= 0xFF  # a damaged (not torn) last frame fails its CRC
+    journal.write_bytes(bytes(flipped))
+    t = _store()
+    t.load(tmp_path)
+    assert t.streams["a"].last_t == 1.0
+
+
+def test_snapshot_supersedes_journal(tmp_path: Path) -> None:
+    s = _store()
+    _step(s, "a", 1.0)
+    s.commit(tmp_path)
+    _step(s, "a", 2.0)
+    s.commit(tmp_path, snapshot=True)
+    assert s.journal_path(tmp_path).stat().st_size == 0
+    _step(s, "a", 3.0)
+    s.commit(tmp_path)
+    t = _store()
+    t.load(tmp_path)
+    assert t.streams["a"].last_t == 3.0 and t.streams["a"].count == 3
+
+
+def test_eviction_spills_and_restores(tmp_path: Path) -> None:
+    s = _store()
+    s.max_resident = 2
+    s.ttl = 100.0
+    s.load(tmp_path)
+    for i, name in enumerate(["a", "b", "c"]):
+        _step(s, name, float(i))
+    assert s.evict() == 1  # the least recently used: a
+    assert list(s.streams) == ["b", "c"]
+    s.commit(tmp_path)
+    assert s.evict(now=time.monotonic() + 1000) == 2  # idle past the TTL
+    s.commit(tmp_path)
+    assert len(s) == 0
+    # a restart finds no resident stream, and each comes back from its spill file on demand
+    t = _store()
+    t.ttl = 100.0
+    assert t.load(tmp_path) == 0
+    a = t.get("a")
+    assert a is not None and a.last_t == 0.0 and a.count == 1
+    np.testing.assert_array_equal(a.state[0], np.ones((1, 3), np.float32))
+    assert t.get("never-seen") is None
+    spilled = sorted(p.name for p in t.spill_dir(tmp_path).iterdir())
+    assert len(spilled) == 3 and not any(n == "a" or "/" in n for n in spilled)
+
+
+def test_eviction_without_directory_forgets() -> None:
+    s = _store()
+    s.max_resident = 1
+    _step(s, "a", 1.0)
+    _step(s, "b", 1.0)
+    assert s.evict() == 1
+    assert s.get("a") is None and s.get("b") is not None
+
+
+def test_journal_roundtrip_window(tmp_path: Path) -> None:
+    s = _store(lookback=4)
+    st = s.create("w")
+    assert st.window is not None
+    st.window[:] = np.arange(8, dtype=np.float32).reshape(4, 2)
+    st.filled = 3
+    st.last_t = 7.0
+    s.mark("w")
+    s.commit(tmp_path)
+    t = _store(lookback=4)
+    assert t.load(tmp_path) == 1
+    assert t.streams["w"].filled == 3 and t.streams["w"].last_t == 7.0
+    np.testing.assert_array_equal(t.streams["w"].window, st.window)
