@@ -124,7 +124,10 @@ class Transport:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        client.on_publish = self._on_publish
+        if self.v5 and config.qos > 0:
+            # Only an MQTT 5 PUBACK can carry a refusal; for QoS 0 paho would build a reason
+            # code and a property set per message just to call this.
+            client.on_publish = self._on_publish
         self.command_topic = config.commands.format(client_id=config.client_id)
         self.client = client
 
