@@ -243,6 +243,9 @@ def main() -> int:
     p.add_argument("--profile", type=Path, metavar="DIR", help="sample the daemon with py-spy "
                    "during the largest runs (LSTM, QoS 0 and 1) into DIR/daemon-qosN.txt "
                    "(folded stacks); slows those runs")
+    p.add_argument("--mqtt-version", choices=("3.1.1", "5"), default="3.1.1",
+                   help="the daemon's protocol version (5 reports ACL refusals; paho parses "
+                   "properties on every message)")
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/daemon.json")
     args = p.parse_args()
     binary = find_mosquitto()
@@ -250,7 +253,9 @@ def main() -> int:
         sys.exit("bench_daemon: mosquitto not found (install it or set $STATECAST_MOSQUITTO)")
     from bench.models import export_pair, identity_graph, keras_model
 
-    results: dict[str, Any] = {"machine": platform.processor() or platform.machine(),
+    extra = ["--mqtt-version", args.mqtt_version]
+    results: dict[str, Any] = {"mqtt_version": args.mqtt_version,
+                               "machine": platform.processor() or platform.machine(),
                                "cpus": os.cpu_count(), "load_before": os.getloadavg()}
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
@@ -274,7 +279,7 @@ def main() -> int:
                         if args.profile is not None and s == max(streams) and name == "lstm":
                             spy_out = args.profile / f"daemon-qos{qos}.txt"
                         r = throughput(model, broker.port, f"t{n}", s, qos, args.seconds,
-                                       args.window, [], spy_out)
+                                       args.window, extra, spy_out)
                         if spy_out is not None and spy_out.exists():
                             r["profile_top"] = top_frames(spy_out)
                             for frame, share in r["profile_top"]:
@@ -290,7 +295,7 @@ def main() -> int:
                 for name, model in (("lstm", lstm), ("identity", ident)):
                     n += 1
                     row[name] = latency(model, broker.port, f"l{n}", 1000, qos, args.rate,
-                                        args.seconds, [])
+                                        args.seconds, extra)
                     print(f"  latency QoS {qos} {name}: {row[name]}", file=sys.stderr)
                 lat.append(row)
             results["latency"] = lat

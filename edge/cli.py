@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--config", metavar="FILE.toml", help="settings file; flags override it")
     add("--check-config", action="store_true",
         help="validate the model, manifest, topics and settings, then exit")
-    add("--mqtt-version", choices=("3.1.1", "5"), help="protocol version (default 5; "
-        "only MQTT 5 reports publications the broker's ACL refuses)")
+    add("--mqtt-version", choices=("3.1.1", "5"), help="protocol version (default 3.1.1; "
+        "5 reports publications the broker's ACL refuses, at some cost per message)")
     add("--username", help="broker user name")
     add("--password-file", metavar="FILE", help=f"file holding the broker password "
         f"(or set ${PASSWORD_ENV})")

@@ -107,7 +107,7 @@ class EdgeConfig:
     commands: str = "statecast/cmd/{client_id}"
     client_id: str = ""  # default: default_client_id(subscribe, publish)
     qos: int = 1
-    mqtt_version: str = "5"
+    mqtt_version: str = "3.1.1"
     keepalive: int = 30
     session_expiry: int = 7 * 24 * 3600
     username: str | None = None
