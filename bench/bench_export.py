@@ -27,22 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-
-def interleaved_us(fns: dict[str, Callable[[], Any]], repeats: int,
-                   rounds: int = 10) -> dict[str, float]:
-    """Median µs per call of each function, measured in alternating rounds so that a busy
-    machine slows them all alike."""
-    samples: dict[str, list[int]] = {name: [] for name in fns}
-    for fn in fns.values():
-        for _ in range(50):
-            fn()
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            for _ in range(max(1, repeats // rounds)):
-                t0 = time.perf_counter_ns()
-                fn()
-                samples[name].append(time.perf_counter_ns() - t0)
-    return {name: float(np.median(v)) / 1e3 for name, v in samples.items()}
+from bench.timing import interleaved_us
 
 
 def median_us(fn: Callable[[], Any], repeats: int, warmup: int = 20) -> float:

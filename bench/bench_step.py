@@ -26,7 +26,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,26 +35,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.models import export_pair, keras_model, keras_step_model, numpy_step
+from bench.timing import interleaved_us
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS, UNITS, FEATURES, HORIZON = 2, 64, 4, 6
-
-
-def interleaved_us(fns: dict[str, Callable[[], Any]], repeats: int,
-                   rounds: int = 10) -> dict[str, float]:
-    """Median µs per call of each function, measured in alternating rounds so that a busy
-    machine slows them all alike."""
-    samples: dict[str, list[int]] = {name: [] for name in fns}
-    for fn in fns.values():
-        for _ in range(20):
-            fn()
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            for _ in range(max(1, repeats // rounds)):
-                t0 = time.perf_counter_ns()
-                fn()
-                samples[name].append(time.perf_counter_ns() - t0)
-    return {name: float(np.median(v)) / 1e3 for name, v in samples.items()}
 
 
 def litert_stepper(step_model: Any, path: Path) -> tuple[Callable[..., Any], Callable[..., Any]]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -355,17 +356,9 @@ class StateStore:
             )
             arrays["filled"] = np.array([s.filled for s in states], dtype=np.int64)
         target = self.path(directory)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)  # type: ignore[arg-type]
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)  # type: ignore[arg-type]
+        _write_atomic(target, buf.getvalue(), fsync=True)
         _fsync_dir(directory)
         # the snapshot holds everything the journal did (frames up to `seq`): start it again
         with contextlib.suppress(FileNotFoundError):
