@@ -92,13 +92,16 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 class Collector:
     """A paho subscriber that records (topic, payload, retain) and re-subscribes on reconnect."""
 
-    def __init__(self, broker: Mosquitto, topics: list[str], client_id: str = "") -> None:
+    def __init__(self, broker: Mosquitto, topics: list[str], client_id: str = "",
+                 persistent: bool = False) -> None:
         self.topics = topics
         self.lock = threading.Lock()
         self.messages: list[tuple[str, bytes, bool]] = []
         self.ready = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
-        self.client.reconnect_delay_set(0.1, 0.5)
+        # persistent: nothing published while it is disconnected (a broker restart) is missed
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  clean_session=not persistent)
+        self.client.reconnect_delay_set(0.05 if persistent else 0.1, 0.5)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *a: self.ready.set()
         self.client.on_message = self._on_message

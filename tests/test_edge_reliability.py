@@ -182,19 +182,7 @@ class PersistentCollector(Collector):
     (during a broker restart) is missed."""
 
     def __init__(self, broker: Mosquitto, topics: list[str], client_id: str) -> None:
-        self.topics = topics
-        self.lock = threading.Lock()
-        self.messages: list[tuple[str, bytes, bool]] = []
-        self.ready = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  clean_session=False)
-        self.client.reconnect_delay_set(0.05, 0.5)
-        self.client.on_connect = self._on_connect
-        self.client.on_subscribe = lambda *a: self.ready.set()
-        self.client.on_message = self._on_message
-        self.client.connect(broker.host, broker.port, keepalive=10)
-        self.client.loop_start()
-        assert self.ready.wait(10), "collector did not subscribe"
+        super().__init__(broker, topics, client_id, persistent=True)
 
 
 def stream_in_background(
