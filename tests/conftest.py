@@ -34,7 +34,15 @@ from bench.broker import Mosquitto, find_mosquitto, free_port
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy" / "mosquitto"
 __all__ = [
-    "DEPLOY", "PASSWORDS", "ROOT", "Collector", "Daemon", "Mosquitto", "free_port", "replay",
+    "DEPLOY",
+    "PASSWORDS",
+    "ROOT",
+    "Collector",
+    "Daemon",
+    "Mosquitto",
+    "Sink",
+    "free_port",
+    "replay",
     "tls_client",
 ]
 
@@ -271,3 +279,23 @@ def tls_client(port: int, user: str, ca: Path, topics: list[str] | None = None) 
     c.loop_start()
     assert ready.wait(10)
     return c, got
+
+
+class Sink:
+    """A `publish` for a Processor under test: records (topic, decoded payload)."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, topic: str, payload: bytes, qos: int) -> bool:
+        self.messages.append((topic, json.loads(payload)))
+        return True
+
+    def on(self, prefix: str) -> list[dict[str, Any]]:
+        return [d for t, d in self.messages if t.startswith(prefix)]
+
+    def by_stream(self) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+        out: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        for topic, doc in self.messages:
+            out.setdefault(doc["stream"], []).append((topic, doc))
+        return out

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import Sink
 from edge_models import build_model
 
 from edge.config import EdgeConfig
@@ -66,21 +67,6 @@ def test_step_many_equals_step_one(twins: tuple[Path, Path]) -> None:
     dyn.step_many([together[0], together[2]], np.ones((2, 2), np.float32))
     for a, b in zip(before, together[1].state, strict=True):
         np.testing.assert_array_equal(a, b)
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, dict[str, Any]]] = []
-
-    def __call__(self, topic: str, payload: bytes, qos: int) -> bool:
-        self.messages.append((topic, json.loads(payload)))
-        return True
-
-    def by_stream(self) -> dict[str, list[tuple[str, dict[str, Any]]]]:
-        out: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-        for topic, doc in self.messages:
-            out.setdefault(doc["stream"], []).append((topic, doc))
-        return out
 
 
 def processor(model: Path, **kw: Any) -> tuple[Processor, Sink]:

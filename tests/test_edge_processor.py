@@ -9,22 +9,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import Sink
 
 from edge.config import EdgeConfig
 from edge.model import StepModel
 from edge.service import Processor, load_model
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, dict[str, Any]]] = []
-
-    def __call__(self, topic: str, payload: bytes, qos: int) -> bool:
-        self.messages.append((topic, json.loads(payload)))
-        return True
-
-    def on(self, prefix: str) -> list[dict[str, Any]]:
-        return [d for t, d in self.messages if t.startswith(prefix)]
 
 
 def make(model: Path, **kw: Any) -> tuple[Processor, Sink]:
