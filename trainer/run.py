@@ -28,6 +28,7 @@ from trainer.errors import TrainError
 from trainer.evaluate import classification_metrics, regression_metrics, seasonal_index
 from trainer.models import ModelShape, build_model, reset_states
 from trainer.spec import (
+    FORECASTS_FILE,
     HISTORY_FILE,
     METRICS_FILE,
     MODEL_FILE,
@@ -122,6 +123,7 @@ def train(cfg: TrainConfig, log: Log = print) -> dict[str, Any]:
     first = int(np.argmax(tail.gpos >= tail.test_start))
     raw_x = tail.x * np.asarray(scaler.x_scale, np.float32) + np.asarray(scaler.x_mean, np.float32)
     np.savez(out / TAIL_FILE, x=raw_x[first:first + 500].astype(np.float32))
+    np.savez(out / FORECASTS_FILE, **curves.pop("forecasts"))
     from trainer.report import write_report
 
     write_report(out, history, curves, spec)
@@ -434,9 +436,12 @@ def _evaluate(
             for s, ts in zip(segs, per_seg, strict=True)
         ]
     preds, actual, persist, seasonal = [], [], [], []
+    when, names = [], []
     for s, ts, out in zip(segs, per_seg, raw, strict=True):
         if not len(ts):
             continue
+        when.append(s.times[ts])
+        names += [s.series] * len(ts)
         base = s.base[ts] if s.base is not None else None
         preds.append(_decode(task, out, len(ts), h, scaler, base))
         actual.append(targets_at(s.raw_y if task.kind == "regress" else s.lab, ts, h))
@@ -460,10 +465,18 @@ def _evaluate(
         prior = np.bincount(train_labels, minlength=n_cls) / max(len(train_labels), 1)
         metrics = classification_metrics(pred, labels, prior, now.astype(int))
     first = next(i for i, ts in enumerate(per_seg) if len(ts))
+    forecasts = {
+        "origin_time": np.concatenate(when), "series": np.asarray(names),
+        "pred": pred, "actual": np.concatenate(actual),
+        "persistence": np.concatenate(persist),
+    }
+    if seasonal:
+        forecasts["seasonal"] = np.concatenate(seasonal)
     curves = {
         "times": segs[first].times[per_seg[first]],
         "pred": preds[0],
         "actual": actual[0],
         "series": segs[first].series,
+        "forecasts": forecasts,
     }
     return metrics, curves

@@ -4,7 +4,11 @@ A run folder holds:
 - ``model.keras``: the trained model, rebuilt without `stateful` and with a free batch size, so it
   runs a whole sequence from zero state exactly as the stateful training model stepped it;
 - ``spec.json``: a `RunSpec` (feature/target order, scaler, horizon, lookback, mode, arch, task...);
-- ``metrics.json``, ``history.csv``, ``report.png``.
+- ``metrics.json``, ``history.csv``, ``report.png``;
+- ``tail.npz`` (raw feature rows of the held-out tail, for the exporter's proof);
+- ``forecasts.npz``: every held-out forecast beside its baselines on the same origins:
+  ``origin_time`` [n], ``series`` [n], ``pred``/``actual``/``persistence`` (and ``seasonal``)
+  [n, H, K] in target units (classifiers: ``pred`` is [n, H, C] probabilities).
 
 Model output layout (last axis of the Keras output; `steps` = a time axis when the model returns
 sequences, i.e. stateful mode):
@@ -30,6 +34,7 @@ METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.csv"
 REPORT_FILE = "report.png"
 TAIL_FILE = "tail.npz"
+FORECASTS_FILE = "forecasts.npz"
 
 
 @dataclass(frozen=True)
