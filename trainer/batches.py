@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from trainer.structure import Structure
+
 
 @dataclass
 class Prepared:
@@ -27,10 +29,18 @@ class Prepared:
     val_start: int
     test_start: int
     base: np.ndarray | None = None  # [T, Kl] scaled current target: labels are changes from it
+    raw_x: np.ndarray | None = None  # [T, F] raw feature rows
+    structure: Structure | None = None  # with it, `lab` holds z and the net learns corrections
+    zbase: np.ndarray | None = None  # [T, H, K] the structure's base forecast after each row
 
     def labels(self, ts: np.ndarray, horizon: int) -> np.ndarray:
         """[n, H, Kl] what the network learns for origins `ts` (changes from `base` if set)."""
         y = targets_at(self.lab, ts, horizon)
+        st = self.structure
+        if st is not None:
+            assert self.zbase is not None
+            r_mean = np.asarray(st.r_mean).reshape(horizon, -1)
+            return (y - self.zbase[ts] - r_mean) / np.asarray(st.r_scale)
         return y - self.base[ts][:, None, :] if self.base is not None else y
 
 
@@ -63,7 +73,8 @@ def shape_targets(y: np.ndarray, arch: str, categorical: bool) -> np.ndarray:
         return y[..., 0].astype(np.int32)
     if arch == "encdec":
         return y.astype(np.float32)
-    return y.reshape(*y.shape[:-2], -1).astype(np.float32)
+    # explicit sizes: an empty set of origins has no -1 to infer
+    return y.reshape(*y.shape[:-2], y.shape[-2] * y.shape[-1]).astype(np.float32)
 
 
 def windows(seg: Prepared, ts: np.ndarray, lookback: int) -> np.ndarray:

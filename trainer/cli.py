@@ -28,6 +28,16 @@ def _columns(text: str) -> list[str]:
     return cols
 
 
+def _seasons(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected whole numbers such as 24 or 48,336") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected whole numbers such as 24 or 48,336")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="statecast-train",
@@ -60,7 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
     a("--batch-size", type=int, help="default 64 (stateful) or 256 (window)")
     a("--patience", type=int, default=12, help="early-stopping patience in epochs")
     a("--learning-rate", type=float, default=0.003, help="Adam learning rate")
-    a("--season", type=int, help="season length in periods for the seasonal-naive baseline")
+    a("--season", type=_seasons,
+      help="season length(s) in periods, comma-separated (e.g. 48,336): the seasonal memory "
+      "and the seasonal-naive baselines (default: from the period: 24,168 hourly, 48,336 "
+      "half-hourly, 7 daily, 52 weekly, 12 monthly)")
+    a("--structure", choices=["auto", "plain", "seasonal"], default="auto",
+      help="auto: try the plain LSTM and seasonal-memory LSTMs, keep the best on validation "
+      "(default); plain: the LSTM alone; seasonal: seasonal memory on the first season")
+    a("--calendar", action=argparse.BooleanOptionalAction, default=None,
+      help="time-of-week/-year inputs from the timestamps (default: where the period suggests)")
+    a("--log", dest="log_target", action=argparse.BooleanOptionalAction, default=None,
+      help="forecast log(target) (default: tried when every target value is positive)")
     a("--test-frac", type=float, default=0.2, help="held-out tail of every series (0.2)")
     a("--seed", type=int, default=0)
     a("--residual", action=argparse.BooleanOptionalAction, default=None,
@@ -82,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             task=args.task, threshold=args.threshold, mode=args.mode, epochs=args.epochs,
             batch_size=args.batch_size, season=args.season, test_frac=args.test_frac,
             patience=args.patience, learning_rate=args.learning_rate, seed=args.seed,
-            residual=args.residual, quiet=args.quiet,
+            residual=args.residual, quiet=args.quiet, structure=args.structure,
+            calendar=args.calendar, log_target=args.log_target,
         )
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         from trainer.evaluate import summary_lines

@@ -32,7 +32,10 @@ class TrainConfig:
     mode: str | None = None  # None: stateful for lstm/encdec, window for bilstm
     epochs: int = 100
     batch_size: int | None = None  # None: 64 stateful, 256 window
-    season: int | None = None
+    season: int | list[int] | tuple[int, ...] | None = None  # None: from the grid's period
+    structure: str = "auto"  # auto (chosen on validation) | plain | seasonal
+    calendar: bool | None = None  # None: time-of-week/-year inputs where the grid suggests them
+    log_target: bool | None = None  # None: tried when every target value is positive
     test_frac: float = 0.2
     val_frac: float = 0.1
     patience: int = 12
@@ -61,8 +64,16 @@ class TrainConfig:
                 raise TrainError(f"{name} must be at least {low}, not {value}")
         if self.batch_size is not None and self.batch_size < 1:
             raise TrainError(f"--batch-size must be at least 1, not {self.batch_size}")
-        if self.season is not None and self.season < 1:
-            raise TrainError(f"--season must be at least 1, not {self.season}")
+        if isinstance(self.season, int):
+            object.__setattr__(self, "season", (self.season,))
+        elif self.season is not None:
+            object.__setattr__(self, "season", tuple(int(s) for s in self.season))
+        for s in self.seasons:
+            if s < 2:
+                raise TrainError(f"--season must be at least 2, not {s}")
+        if self.structure not in ("auto", "plain", "seasonal"):
+            raise TrainError(
+                f"--structure must be auto, plain or seasonal, not {self.structure!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise TrainError(f"--dropout must be in [0, 1), not {self.dropout}")
         if not 0.0 < self.test_frac < 0.9:
@@ -71,6 +82,14 @@ class TrainConfig:
             raise TrainError("--threshold only applies with --task classify")
         if self.task == "classify" and len(self.targets) != 1:
             raise TrainError("--task classify takes exactly one --target column")
+
+    @property
+    def seasons(self) -> list[int]:
+        """The seasons given (empty: infer them from the grid's period)."""
+        season = self.season
+        if season is None:
+            return []
+        return [season] if isinstance(season, int) else list(season)
 
     @property
     def resolved_mode(self) -> str:

@@ -82,8 +82,11 @@ def to_numeric(df: pd.DataFrame, col: str) -> pd.Series:
     return values.astype(float)
 
 
-def freq_string(delta: pd.Timedelta) -> str:
-    """A compact period string the edge can parse without pandas: 1D, 1h, 15min, 30s."""
+def freq_string(delta: pd.Timedelta | pd.DateOffset) -> str:
+    """A compact period string the edge can parse without pandas: 1D, 1h, 15min, 30s (a
+    calendar month stays a pandas alias such as MS, which has no fixed length)."""
+    if not isinstance(delta, pd.Timedelta):
+        return str(delta.freqstr)
     seconds = int(delta.total_seconds())
     if seconds <= 0:
         raise TrainError("the time column has no positive period between rows")
@@ -93,9 +96,12 @@ def freq_string(delta: pd.Timedelta) -> str:
     return f"{seconds}s"
 
 
-def parse_freq(text: str) -> pd.Timedelta:
+def parse_freq(text: str) -> pd.Timedelta | pd.DateOffset:
     try:
-        delta = pd.Timedelta(pd.tseries.frequencies.to_offset(text))
+        offset = pd.tseries.frequencies.to_offset(text)
+        if isinstance(offset, (pd.offsets.MonthBegin, pd.offsets.MonthEnd)):
+            return offset
+        delta = pd.Timedelta(offset)
     except (ValueError, TypeError):
         raise TrainError(f"--freq {text!r} is not a period such as 1h, 15min or 1D") from None
     if delta <= pd.Timedelta(0):
@@ -164,7 +170,7 @@ def load_dataset(
     step = parse_freq(freq) if freq else None
     segments: list[Segment] = []
     interpolated = splits = 0
-    inferred: pd.Timedelta | None = step
+    inferred: pd.Timedelta | pd.DateOffset | None = step
     ycols = ["__class__"] if categorical else targets
     for name, group in table.groupby("__series__", sort=True):
         if time_col is not None:
@@ -221,12 +227,20 @@ def _is_numeric(col: pd.Series) -> bool:
     return bool(len(converted)) and bool(converted.notna().mean() > 0.95)
 
 
-def _infer_period(times: pd.Series) -> pd.Timedelta:
+def _infer_period(times: pd.Series) -> pd.Timedelta | pd.DateOffset:
+    """The most common spacing; month starts (or ends) a month apart give a calendar month."""
     diffs = times.diff().dropna()
     diffs = diffs[diffs > pd.Timedelta(0)]
     if diffs.empty:
         raise TrainError("cannot infer the period from fewer than two timestamps; give --freq")
-    return pd.Timedelta(diffs.mode().iloc[0])
+    common = pd.Timedelta(diffs.mode().iloc[0])
+    if pd.Timedelta(days=28) <= common <= pd.Timedelta(days=31):
+        t = pd.DatetimeIndex(times)
+        if (t.normalize() == t).all() and (t.day == 1).all():
+            return pd.offsets.MonthBegin()
+        if (t.normalize() == t).all() and t.is_month_end.all():
+            return pd.offsets.MonthEnd()
+    return common
 
 
 def _regularise(
@@ -234,7 +248,7 @@ def _regularise(
     features: list[str],
     ycols: list[str],
     categorical: bool,
-    period: pd.Timedelta,
+    period: pd.Timedelta | pd.DateOffset,
 ) -> pd.DataFrame:
     """Put rows on a regular grid: bins with several rows are averaged, empty bins are NaN."""
     numeric = list(dict.fromkeys(features + ([] if categorical else ycols)))

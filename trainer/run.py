@@ -7,7 +7,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from trainer.data import Dataset, load_dataset
 from trainer.errors import TrainError
 from trainer.evaluate import classification_metrics, regression_metrics, seasonal_index
 from trainer.models import ModelShape, build_model, reset_states
+from trainer.select import Candidate, better, first_stage, name_of, rmse, second_stage
 from trainer.spec import (
     FORECASTS_FILE,
     HISTORY_FILE,
@@ -36,6 +37,7 @@ from trainer.spec import (
     RunSpec,
     Scaler,
 )
+from trainer.structure import Structure, default_calendar, default_seasons, epoch_seconds
 
 Log = Callable[[str], None]
 
@@ -73,32 +75,73 @@ def train(cfg: TrainConfig, log: Log = print) -> dict[str, Any]:
     if ds.classes is not None:
         task = Task("categorical", ds.classes, None)
     log(_describe(ds))
-    segs, scaler = _prepare(ds, cfg, task)
+    mode = cfg.resolved_mode
+    seasons = cfg.seasons or default_seasons(ds.freq)
+    plan = _plan(cfg, ds, task, mode, seasons, log)
+    seasons = plan.seasons
+    # The same held-out origins for every candidate and baseline: enough history for the
+    # longest season and the lookback.
+    test_min = max(cfg.lookback - 1, max(seasons, default=1) - 1)
 
     import keras
     import tensorflow as tf
 
-    keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()
-    shape = ModelShape(
-        arch=cfg.arch, features=len(ds.features), horizon=cfg.horizon,
-        per_step=len(ds.targets) if task.kind == "regress" else (
-            1 if task.kind == "binary" else len(task.classes or [])),
-        activation={"regress": None, "binary": "sigmoid", "categorical": "softmax"}[task.kind],
-        layers=cfg.layers, units=cfg.units, dropout=cfg.dropout,
-    )
-    mode = cfg.resolved_mode
-    fit = _fit_stateful if mode == "stateful" else _fit_window
-    model, history = fit(cfg, shape, task, segs, log)
-    test_min = max(cfg.lookback - 1, (cfg.season or 1) - 1)
-    metrics, curves = _evaluate(cfg, task, segs, model, mode, test_min, scaler)
+    tried: list[Candidate] = []
+    best: Candidate | None = None
+
+    def attempt(st: Structure | None) -> Candidate:
+        nonlocal best
+        keras.utils.set_random_seed(cfg.seed)
+        t0 = time.perf_counter()
+        segs, scaler, st = _prepare(ds, cfg, task, st)
+        note = _roles_note(segs, cfg.horizon)
+        if note and not tried:
+            log(note)
+        shape = _shape(cfg, ds, task, st)
+        fit = _fit_stateful if mode == "stateful" else _fit_window
+        model, history = fit(cfg, shape, task, segs, log if plan.single else _quiet)
+        val = _val_rmse(cfg, task, segs, model, mode, test_min, scaler) if not plan.single \
+            else None
+        cand = Candidate(name_of(st), st, val, len(history), time.perf_counter() - t0,
+                         (model, history, segs, scaler))
+        tried.append(cand)
+        if not plan.single:
+            v = f"{val:.4g}" if val is not None else "n/a"
+            log(f"candidate {cand.name:<18} validation RMSE {v:>9}  "
+                f"({cand.epochs} epochs, {cand.seconds:.1f}s; {_what(st)})")
+        if better(cand, best):
+            if best is not None:
+                best.fitted = None  # free the loser's model
+            best = cand
+        else:
+            cand.fitted = None
+        return cand
+
+    for st in plan.first:
+        attempt(st)
+    structured = [c for c in tried if c.structure is not None]
+    if plan.second and structured:
+        top = min(structured, key=lambda c: c.val_rmse if c.val_rmse is not None else np.inf)
+        assert top.structure is not None
+        for st in second_stage(top.structure, plan.allow_log):
+            attempt(st)
+    assert best is not None and best.fitted is not None
+    model, history, segs, scaler = best.fitted
+    chosen: Structure | None = best.structure
+    metrics, curves = _evaluate(cfg, task, segs, model, mode, test_min, scaler, seasons)
     epochs = len(history)
     metrics.update(
         epochs=epochs,
         train_seconds=round(time.perf_counter() - started, 2),
         seconds_per_epoch=float(np.median([h["seconds"] for h in history])),
-        mode=mode, arch=cfg.arch,
+        mode=mode, arch=cfg.arch, structure=name_of(chosen),
+        structure_description=_what(chosen),
     )
+    if not plan.single:
+        metrics["selection"] = _selection(cfg, task, segs, mode, test_min, seasons, tried,
+                                          best, log)
+    _verdict(metrics, log)
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,9 +150,11 @@ def train(cfg: TrainConfig, log: Log = print) -> dict[str, Any]:
         arch=cfg.arch, mode=mode, task=cfg.task, features=ds.features, targets=ds.targets,
         horizon=cfg.horizon, lookback=cfg.lookback, layers=cfg.layers, units=cfg.units,
         dropout=cfg.dropout, scaler=scaler, freq=ds.freq, max_gap=cfg.max_gap,
-        classes=task.classes, threshold=task.threshold, season=cfg.season,
+        classes=task.classes, threshold=task.threshold,
+        season=seasons[0] if seasons else None, seasons=seasons,
         batch_size=cfg.resolved_batch, seed=cfg.seed, data=_fingerprint(cfg, ds),
-        residual=bool(_residual_features(ds, cfg, task)),
+        residual=chosen is None and bool(_residual_features(ds, cfg, task)),
+        structure=chosen.to_dict() if chosen is not None else None,
         statecast_version=__version__,
     )
     spec.save(out)
@@ -121,13 +166,183 @@ def train(cfg: TrainConfig, log: Log = print) -> dict[str, Any]:
         writer.writerows(history)
     tail = next(s for s in segs if len(origins(s, "test", cfg.horizon)))
     first = int(np.argmax(tail.gpos >= tail.test_start))
-    raw_x = tail.x * np.asarray(scaler.x_scale, np.float32) + np.asarray(scaler.x_mean, np.float32)
-    np.savez(out / TAIL_FILE, x=raw_x[first:first + 500].astype(np.float32))
+    # From the start of the held-out tail's segment when it is short enough, so the exporter's
+    # proof steps through the seasonal memory filling up as an edge stream does.
+    first = 0 if first < 2000 else first
+    assert tail.raw_x is not None
+    tail_t = epoch_seconds(tail.times)
+    tail_arrays = {"x": tail.raw_x[first:first + 2500].astype(np.float32)}
+    if tail_t is not None:
+        tail_arrays["t"] = tail_t[first:first + 2500]
+    np.savez(out / TAIL_FILE, **tail_arrays)
     np.savez(out / FORECASTS_FILE, **curves.pop("forecasts"))
     from trainer.report import write_report
 
     write_report(out, history, curves, spec)
     return metrics
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+def _what(st: Structure | None) -> str:
+    return st.describe() if st is not None else "plain LSTM, change from the last value"
+
+
+@dataclass
+class Plan:
+    """The candidates a run tries (a single one: no selection)."""
+
+    first: list[Structure | None]
+    second: bool
+    allow_log: bool
+    seasons: list[int]
+
+    @property
+    def single(self) -> bool:
+        return len(self.first) == 1 and not self.second
+
+
+def _plan(cfg: TrainConfig, ds: Dataset, task: Task, mode: str, seasons: list[int],
+          log: Log) -> Plan:
+    """Decide which structures to try; explain why none applies when the user asked for one."""
+    why_not = None
+    if task.kind != "regress":
+        why_not = "a classifier"
+    elif cfg.arch != "lstm":
+        why_not = f"--arch {cfg.arch}"
+    elif mode != "stateful":
+        why_not = "--mode window"
+    elif not _residual_features(ds, cfg, task) or cfg.residual is False:
+        why_not = "a target that is not also a feature" if cfg.residual is not False \
+            else "--no-residual"
+    rows = min(sum(len(s.x) for s in ds.segments if s.series == n) for n in ds.series_names())
+    usable = [s for s in seasons if s * 3 <= rows * (1 - cfg.test_frac - cfg.val_frac)]
+    if len(usable) < len(seasons):
+        log(f"season(s) {sorted(set(seasons) - set(usable))} left out: fewer than three seasons "
+            "of training rows")
+    seasons = usable
+    if why_not is not None or cfg.structure == "plain":
+        if cfg.structure == "seasonal":
+            raise TrainError(f"--structure seasonal needs a regression LSTM trained stateful on "
+                             f"targets that are also features, not {why_not}")
+        if cfg.calendar:
+            raise TrainError("--calendar needs the seasonal structure (see --structure)")
+        return Plan([None], False, False, seasons)
+    if cfg.calendar and cfg.time_col is None:
+        raise TrainError("--calendar needs timestamps; give --time-col")
+    calendar = default_calendar(ds.freq) if cfg.calendar is not False and cfg.time_col else []
+    # A phase the training part never went round twice is extrapolated on the held-out tail
+    # (a year's day-of-year from nine months of data): leave such periods out.
+    span = _train_span_seconds(ds, cfg)
+    dropped = [p for p in calendar if span < 2 * p]
+    calendar = [p for p in calendar if span >= 2 * p]
+    if dropped and cfg.calendar:
+        log(f"calendar period(s) of {', '.join(f'{p / 86400:g} days' for p in dropped)} left "
+            "out: the training part does not cover two of them")
+    train_y = np.concatenate([s.y for s in ds.segments])
+    positive = bool(np.all(train_y > 0))
+    if cfg.log_target and not positive:
+        raise TrainError("--log needs targets that are always above zero")
+    targets = [ds.features.index(t) for t in ds.targets]
+    base = Structure(features=list(ds.features), targets=targets, horizon=cfg.horizon,
+                     seasons=seasons, base_lag=seasons[0] if seasons else 1,
+                     log=bool(cfg.log_target), level=True, calendar=calendar)
+    if cfg.structure == "seasonal":
+        return Plan([base], False, False, seasons)
+    first = first_stage(base, seasons, include_plain=True)
+    return Plan(first, True, positive and cfg.log_target is None, seasons)
+
+
+def _train_span_seconds(ds: Dataset, cfg: TrainConfig) -> float:
+    """How much time the training part of the shortest series covers (0 without times)."""
+    spans = []
+    for name in ds.series_names():
+        times = np.concatenate([s.times for s in ds.segments if s.series == name])
+        secs = epoch_seconds(times)
+        if secs is None or len(secs) < 2:
+            return 0.0
+        n_train = int(len(secs) * (1 - cfg.test_frac - cfg.val_frac))
+        spans.append(float(secs[max(n_train - 1, 0)] - secs[0]))
+    return min(spans, default=0.0)
+
+
+def _shape(cfg: TrainConfig, ds: Dataset, task: Task, st: Structure | None) -> ModelShape:
+    return ModelShape(
+        arch=cfg.arch,
+        features=len(st.input_names()) if st is not None else len(ds.features),
+        horizon=cfg.horizon,
+        per_step=len(ds.targets) if task.kind == "regress" else (
+            1 if task.kind == "binary" else len(task.classes or [])),
+        activation={"regress": None, "binary": "sigmoid", "categorical": "softmax"}[task.kind],
+        layers=cfg.layers, units=cfg.units, dropout=cfg.dropout,
+    )
+
+
+def _val_rmse(cfg: TrainConfig, task: Task, segs: list[Prepared], model: Any, mode: str,
+              min_history: int, scaler: Scaler) -> float | None:
+    """RMSE in target units on the validation origins, each segment run from its start."""
+    h = cfg.horizon
+    per_seg = [origins(s, "val", h, min_history=min_history) for s in segs]
+    if not any(len(ts) for ts in per_seg):
+        return None
+    raw = _raw_outputs(cfg, segs, model, mode, per_seg)
+    errs = []
+    for s, ts, out in zip(segs, per_seg, raw, strict=True):
+        if len(ts) and out is not None:
+            pred = _decode_at(task, s, out, ts, h, scaler)
+            errs.append((pred - targets_at(s.raw_y, ts, h)).ravel())
+    return rmse(np.concatenate(errs))
+
+
+def _selection(cfg: TrainConfig, task: Task, segs: list[Prepared], mode: str, min_history: int,
+               seasons: list[int], tried: list[Candidate], best: Candidate,
+               log: Log) -> dict[str, Any]:
+    """What was tried, the baselines on the same validation origins, and the verdict."""
+    h = cfg.horizon
+    errs: dict[str, list[np.ndarray]] = {"persistence": []}
+    for s_len in seasons:
+        errs[f"seasonal_{s_len}"] = []
+    for s in segs:
+        ts = origins(s, "val", h, min_history=min_history)
+        if not len(ts):
+            continue
+        actual = targets_at(s.raw_y, ts, h)
+        errs["persistence"].append((s.raw_y[ts][:, None, :] - actual).ravel())
+        for s_len in seasons:
+            errs[f"seasonal_{s_len}"].append(
+                (s.raw_y[seasonal_index(ts, h, s_len)] - actual).ravel())
+    baselines = {k: rmse(np.concatenate(v)) for k, v in errs.items() if v}
+    best_base = min(baselines, key=lambda k: baselines[k]) if baselines else None
+    beats = None
+    if best_base is not None and best.val_rmse is not None:
+        beats = best.val_rmse < baselines[best_base]
+        log(f"chose {best.name} (validation RMSE {best.val_rmse:.4g}; best baseline "
+            f"{best_base} {baselines[best_base]:.4g})")
+    return {
+        "candidates": [c.summary() for c in tried],
+        "chosen": best.name,
+        "val_baselines": baselines,
+        "val_best_baseline": best_base,
+        "val_beats_best_baseline": beats,
+    }
+
+
+def _verdict(metrics: dict[str, Any], log: Log) -> None:
+    """Say plainly, in the metrics and the log, whether the model beat every naive baseline."""
+    if metrics.get("task") != "regress":
+        return
+    baselines = {"persistence": metrics["persistence_rmse"]}
+    for s_len, v in (metrics.get("seasonal_rmse_by_season") or {}).items():
+        baselines[f"seasonal_{s_len}"] = v
+    best = min(baselines, key=lambda k: baselines[k])
+    metrics["best_baseline"] = best
+    metrics["best_baseline_rmse"] = baselines[best]
+    metrics["beats_best_baseline"] = bool(metrics["rmse"] < baselines[best])
+    if not metrics["beats_best_baseline"]:
+        log(f"WARNING: the model (RMSE {metrics['rmse']:.4g}) does not beat the {best} baseline "
+            f"({baselines[best]:.4g}) on the held-out tail")
 
 
 def _fingerprint(cfg: TrainConfig, ds: Dataset) -> dict[str, Any]:
@@ -168,8 +383,13 @@ def _describe(ds: Dataset) -> str:
     return "; ".join(parts)
 
 
-def _prepare(ds: Dataset, cfg: TrainConfig, task: Task) -> tuple[list[Prepared], Scaler]:
-    """Place each segment in its series, fit the scaler on training rows only, scale."""
+def _prepare(ds: Dataset, cfg: TrainConfig, task: Task, st: Structure | None = None
+             ) -> tuple[list[Prepared], Scaler, Structure | None]:
+    """Place each segment in its series, fit the scalers on training rows only, scale.
+
+    With a structure the network's inputs are its derived inputs and its labels corrections to
+    the base forecast; their scalers are fitted here and returned inside the structure.
+    """
     placed: list[tuple[Any, np.ndarray, int, int]] = []
     for name in ds.series_names():
         parts = [s for s in ds.segments if s.series == name]
@@ -189,12 +409,17 @@ def _prepare(ds: Dataset, cfg: TrainConfig, task: Task) -> tuple[list[Prepared],
             offset += len(s.x)
     train_x = np.concatenate([s.x[g < v] for s, g, v, _ in placed])
     train_y = np.concatenate([s.y[g < v] for s, g, v, _ in placed])
+    if len(train_x) == 0:
+        raise TrainError("no training rows are left before the validation and test tails")
     x_mean, x_scale = train_x.mean(0), _safe_std(train_x)
     if task.kind == "regress":
         y_mean, y_scale = train_y.mean(0), _safe_std(train_y)
     else:
         y_mean, y_scale = np.zeros(train_y.shape[1]), np.ones(train_y.shape[1])
     scaler = Scaler(x_mean.tolist(), x_scale.tolist(), y_mean.tolist(), y_scale.tolist())
+    if st is not None:
+        segs, st = _prepare_structured(placed, cfg, st)
+        return segs, scaler, st
     residual = _residual_features(ds, cfg, task)
     segs = []
     for s, g, v, t in placed:
@@ -208,8 +433,57 @@ def _prepare(ds: Dataset, cfg: TrainConfig, task: Task) -> tuple[list[Prepared],
         base = None
         if residual:
             base = ((s.x[:, residual] - y_mean) / y_scale).astype(np.float32)
-        segs.append(Prepared(s.series, x, lab, s.y, s.times, g, v, t, base))
-    return segs, scaler
+        segs.append(Prepared(s.series, x, lab, s.y, s.times, g, v, t, base, raw_x=s.x))
+    return segs, scaler, None
+
+
+def _prepare_structured(placed: list[tuple[Any, np.ndarray, int, int]], cfg: TrainConfig,
+                        st: Structure) -> tuple[list[Prepared], Structure]:
+    """Derived inputs, z targets and base forecasts per segment; scalers from training rows."""
+    h = cfg.horizon
+    parts = []
+    for s, g, v, t in placed:
+        times = epoch_seconds(s.times) if st.calendar else None
+        parts.append((s, g, v, t, st.derive(s.x, times), st.z(s.x), st.base(s.x)))
+    mem = st.memory
+    rows = [d[(g < v) & (np.arange(len(d)) >= mem)] for _, g, v, _, d, _, _ in parts]
+    if not sum(len(r) for r in rows):  # segments shorter than the memory: use what there is
+        rows = [d[g < v] for _, g, v, _, d, _, _ in parts]
+    train_d = np.concatenate(rows)
+    resid = []
+    for s, g, v, t, _, z, zb in parts:
+        probe = Prepared(s.series, np.zeros((len(z), 0), np.float32), z, s.y, s.times, g, v, t)
+        ts = origins(probe, "train", h)
+        if len(ts):
+            resid.append(targets_at(z, ts, h) - zb[ts])
+    if not resid:
+        raise TrainError("no training rows are left before the validation and test tails")
+    r = np.concatenate(resid)  # [n, H, K]
+    st = replace(
+        st,
+        d_mean=train_d.mean(0).tolist(), d_scale=_safe_std(train_d).tolist(),
+        r_mean=r.mean(0).ravel().tolist(),
+        r_scale=_safe_std(r.reshape(-1, r.shape[-1])).tolist(),
+    )
+    d_mean, d_scale = np.asarray(st.d_mean), np.asarray(st.d_scale)
+    segs = [
+        Prepared(s.series, ((d - d_mean) / d_scale).astype(np.float32), z, s.y, s.times, g, v, t,
+                 raw_x=s.x, structure=st, zbase=zb)
+        for s, g, v, t, d, z, zb in parts
+    ]
+    return segs, st
+
+
+def _roles_note(segs: list[Prepared], horizon: int) -> str | None:
+    """Segments too short for a role are left out of it: say how many when some are."""
+    n = len(segs)
+    counts = {role: sum(bool(len(origins(s, role, horizon))) for s in segs)
+              for role in ("train", "val", "test")}
+    if n < 2 or all(c == n for c in counts.values()):
+        return None
+    return (f"segments used: {counts['train']} of {n} for training, {counts['val']} for "
+            f"validation, {counts['test']} for the held-out tail (the others are too short for "
+            "a complete forecast there, or lie wholly in another part)")
 
 
 def _residual_features(ds: Dataset, cfg: TrainConfig, task: Task) -> list[int]:
@@ -417,43 +691,68 @@ def _decode(
     return out.reshape(n, horizon, -1)
 
 
+def _decode_at(task: Task, seg: Prepared, out: np.ndarray, ts: np.ndarray, horizon: int,
+               scaler: Scaler) -> np.ndarray:
+    """The network's outputs at origins `ts` of `seg` in target units (or probabilities)."""
+    if seg.structure is not None:
+        assert seg.zbase is not None
+        return seg.structure.decode(out, seg.zbase[ts])
+    base = seg.base[ts] if seg.base is not None else None
+    return _decode(task, out, len(ts), horizon, scaler, base)
+
+
+def _raw_outputs(cfg: TrainConfig, segs: list[Prepared], model: Any, mode: str,
+                 per_seg: list[np.ndarray]) -> list[np.ndarray | None]:
+    """The network's outputs at each segment's origins, run the way the edge runs it."""
+    if mode == "stateful":
+        outs = _sequence_outputs(model, segs)
+        return [o[ts] for o, ts in zip(outs, per_seg, strict=True)]
+    return [
+        np.asarray(model.predict(windows(s, ts, cfg.lookback), batch_size=1024, verbose=0))
+        if len(ts) else None
+        for s, ts in zip(segs, per_seg, strict=True)
+    ]
+
+
 def _evaluate(
     cfg: TrainConfig, task: Task, segs: list[Prepared], model: Any, mode: str, test_min: int,
-    scaler: Scaler,
+    scaler: Scaler, seasons: list[int],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Score the tail the way the edge runs the model; return metrics and plot curves."""
+    """Score the tail the way the edge runs the model; return metrics and plot curves.
+
+    The seasonal-naive baseline uses the first season; every season's is in the metrics too.
+    """
     h = cfg.horizon
     per_seg = [origins(s, "test", h, min_history=test_min) for s in segs]
     if not any(len(ts) for ts in per_seg):
         raise TrainError("the held-out tail has no complete forecasts; use a larger --test-frac")
-    if mode == "stateful":
-        outs = _sequence_outputs(model, segs)
-        raw = [o[ts] for o, ts in zip(outs, per_seg, strict=True)]
-    else:
-        raw = [
-            np.asarray(model.predict(windows(s, ts, cfg.lookback), batch_size=1024, verbose=0))
-            if len(ts) else None
-            for s, ts in zip(segs, per_seg, strict=True)
-        ]
-    preds, actual, persist, seasonal = [], [], [], []
+    raw = _raw_outputs(cfg, segs, model, mode, per_seg)
+    preds, actual, persist = [], [], []
+    by_season: dict[int, list[np.ndarray]] = {s_len: [] for s_len in seasons}
     when, names = [], []
     for s, ts, out in zip(segs, per_seg, raw, strict=True):
         if not len(ts):
             continue
+        assert out is not None
         when.append(s.times[ts])
         names += [s.series] * len(ts)
-        base = s.base[ts] if s.base is not None else None
-        preds.append(_decode(task, out, len(ts), h, scaler, base))
+        preds.append(_decode_at(task, s, out, ts, h, scaler))
         actual.append(targets_at(s.raw_y if task.kind == "regress" else s.lab, ts, h))
         persist.append(np.repeat(s.raw_y[ts][:, None, :], h, axis=1))
-        if cfg.season:
-            seasonal.append(s.raw_y[seasonal_index(ts, h, cfg.season)])
+        for s_len in seasons:
+            by_season[s_len].append(s.raw_y[seasonal_index(ts, h, s_len)])
     pred = np.concatenate(preds)
+    seasonal = by_season[seasons[0]] if seasons else []
     if task.kind == "regress":
         metrics = regression_metrics(
             pred, np.concatenate(actual), np.concatenate(persist),
             np.concatenate(seasonal) if seasonal else None,
         )
+        if seasons:
+            metrics["season"] = seasons[0]
+            act = np.concatenate(actual)
+            metrics["seasonal_rmse_by_season"] = {
+                str(k): rmse(np.concatenate(v) - act) for k, v in by_season.items()}
     else:
         labels = np.concatenate(actual)[..., 0].astype(int)
         now = np.concatenate(persist)[..., 0]

@@ -70,6 +70,8 @@ class RunSpec:
     batch_size: int = 64
     seed: int = 0
     residual: bool = False
+    seasons: list[int] = field(default_factory=list)
+    structure: dict[str, Any] | None = None  # trainer.structure.Structure: the LSTM's surroundings
     data: dict[str, Any] = field(default_factory=dict)
     statecast_version: str = "0.1.0"
     format: int = 1
