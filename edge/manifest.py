@@ -63,6 +63,16 @@ class Manifest:
     precision: str = "fp32"
     metrics: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
+    # The graph input fed the observation's time as float64 epoch seconds ([B, 1]; naive
+    # timestamps read as UTC), or None. The graph derives sin and cos of
+    # 2*pi*fmod(t, period) / period for each `calendar` period (seconds) from it.
+    time_input: str | None = None
+    calendar: tuple[float, ...] = ()
+    # Observations a fresh stream needs before its forecasts have their full skill (the
+    # seasonal memory is full); forecasts before that fall back on the last value.
+    warmup: int = 0
+    # What surrounds the LSTM (seasonal memory, base forecast, log, derived inputs), for people.
+    structure: dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT
 
     def __post_init__(self) -> None:
@@ -86,7 +96,13 @@ class Manifest:
             raise EdgeError("a window graph carries no state, but its manifest lists some")
         if self.task == "classify" and not self.classes:
             raise EdgeError("a classifier's manifest must list its classes")
+        if self.calendar and not self.time_input:
+            raise EdgeError("the manifest lists calendar periods but no time input")
+        if self.warmup < 0:
+            raise EdgeError(f"manifest warmup must be at least 0, not {self.warmup}")
         names = [self.input, self.output]
+        if self.time_input:
+            names.append(self.time_input)
         for s in self.state:
             names += [s.input, s.output]
         if len(set(names)) != len(names):
@@ -102,7 +118,7 @@ class Manifest:
         d["state"] = [
             {"input": s.input, "output": s.output, "shape": list(s.shape)} for s in self.state
         ]
-        for key in ("features", "targets", "output_shape"):
+        for key in ("features", "targets", "output_shape", "calendar"):
             d[key] = list(d[key])
         if self.classes is not None:
             d["classes"] = list(self.classes)
@@ -135,6 +151,7 @@ class Manifest:
                     "output_shape": tuple(
                         None if v is None else int(v) for v in d.get("output_shape", ())
                     ),
+                    "calendar": tuple(float(v) for v in d.get("calendar", ())),
                 },
             )
         except (KeyError, TypeError, ValueError) as exc:

@@ -30,6 +30,19 @@ def session_options(threads: int = 1) -> ort.SessionOptions:
     return opts
 
 
+def inputs_shape0(session: ort.InferenceSession) -> object:
+    """The batch dimension of the graph's first input (an int when fixed)."""
+    return session.get_inputs()[0].shape[0]
+
+
+def time_feed(t: float | np.ndarray | None, n: int) -> np.ndarray:
+    """Observation times as the graph's time input wants them: float64 [n, 1] epoch seconds."""
+    if t is None:
+        raise EdgeError("this model derives calendar inputs from the time: pass the "
+                        "observation's timestamp")
+    return np.asarray(t, dtype=np.float64).reshape(n, 1)
+
+
 class StepModel:
     """An exported graph with its manifest: `step` one observation, `step_many` a batch."""
 
@@ -55,7 +68,8 @@ class StepModel:
         m = self.manifest
         self._state_in = [s.input for s in m.state]
         self._outputs = [m.output] + [s.output for s in m.state]
-        self._dynamic = not isinstance(self.session.get_inputs()[0].shape[0], int)
+        self._dynamic = not isinstance(inputs_shape0(self.session), int)
+        self.time_input = m.time_input
         self._one_shape = (1, m.n_features) if m.kind == "step" else (1, -1, m.n_features)
 
     def _check_graph(self) -> None:
@@ -63,6 +77,8 @@ class StepModel:
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name for o in self.session.get_outputs()}
         wanted_in = [m.input] + [s.input for s in m.state]
+        if m.time_input:
+            wanted_in.append(m.time_input)
         wanted_out = [m.output] + [s.output for s in m.state]
         for name in wanted_in:
             if name not in inputs:
@@ -95,8 +111,10 @@ class StepModel:
         """A fresh state for n streams, one array per manifest state entry."""
         return [np.zeros((n, *s.shape[1:]), dtype=np.float32) for s in self.manifest.state]
 
-    def step(self, x: np.ndarray, state: State) -> tuple[np.ndarray, State]:
-        """Advance one stream by one observation `x` ([F] or [1, F] raw units).
+    def step(self, x: np.ndarray, state: State,
+             t: float | None = None) -> tuple[np.ndarray, State]:
+        """Advance one stream by one observation `x` ([F] or [1, F] raw units) made at `t`
+        (epoch seconds; needed when the manifest names a time input).
 
         Returns the prediction (batch dimension kept) and the new state; `state` is not modified.
         For a window graph, `x` is the whole window ([L, F] or [1, L, F]) and `state` is empty.
@@ -108,12 +126,15 @@ class StepModel:
             )
         feeds = dict(zip(self._state_in, state, strict=True))
         feeds[self.manifest.input] = x
+        if self.time_input:
+            feeds[self.time_input] = time_feed(t, 1)
         out = self.session.run(self._outputs, feeds)
         return out[0], out[1:]
 
-    def step_many(self, x: np.ndarray, state: State) -> tuple[np.ndarray, State]:
-        """Advance N streams at once (rows of `x`); needs a graph exported with a dynamic batch,
-        otherwise it runs the batch-1 graph once per row."""
+    def step_many(self, x: np.ndarray, state: State,
+                  t: np.ndarray | None = None) -> tuple[np.ndarray, State]:
+        """Advance N streams at once (rows of `x`, times `t` [N]); needs a graph exported with a
+        dynamic batch, otherwise it runs the batch-1 graph once per row."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         if len(state) != len(self._state_in):
             raise EdgeError(
@@ -123,24 +144,29 @@ class StepModel:
         if n == 1 or self.dynamic_batch:
             feeds = {self.manifest.input: x}
             feeds.update(zip(self._state_in, state, strict=True))
+            if self.time_input:
+                feeds[self.time_input] = time_feed(t, n)
             out = self.session.run(self._outputs, feeds)
             return out[0], list(out[1:])
         ys, new = [], []
         for i in range(n):
-            y, s = self.step_many(x[i : i + 1], [st[i : i + 1] for st in state])
+            ti = None if t is None else np.asarray(t, np.float64).reshape(n)[i : i + 1]
+            y, s = self.step_many(x[i : i + 1], [st[i : i + 1] for st in state], ti)
             ys.append(y)
             new.append(s)
         return np.concatenate(ys), [np.concatenate(parts) for parts in zip(*new, strict=True)]
 
-    def run_sequence(self, xs: np.ndarray, state: State | None = None) -> tuple[np.ndarray, State]:
-        """Step one stream through a sequence [T, F] from `state` (zero by default).
+    def run_sequence(self, xs: np.ndarray, state: State | None = None,
+                     ts: np.ndarray | None = None) -> tuple[np.ndarray, State]:
+        """Step one stream through a sequence [T, F] (times `ts` [T]) from `state` (zero by
+        default).
 
         Returns the stacked predictions [T, ...] and the final state.
         """
         state = self.zero_state() if state is None else state
         ys = []
-        for row in np.asarray(xs, dtype=np.float32):
-            y, state = self.step(row, state)
+        for i, row in enumerate(np.asarray(xs, dtype=np.float32)):
+            y, state = self.step(row, state, None if ts is None else float(ts[i]))
             ys.append(y[0])
         return np.stack(ys), state
 
@@ -170,14 +196,18 @@ class Stream:
         self._y = np.zeros(shape, np.float32)
         self._bufs = [[np.zeros((1, *s.shape[1:]), np.float32) for s in m.state]
                       for _ in range(2)]
+        self._t = np.zeros((1, 1), np.float64)
         x_val = ort.OrtValue.ortvalue_from_numpy(self._x)
         y_val = ort.OrtValue.ortvalue_from_numpy(self._y)
+        t_val = ort.OrtValue.ortvalue_from_numpy(self._t)
         vals = [[ort.OrtValue.ortvalue_from_numpy(b) for b in bufs] for bufs in self._bufs]
         self._bindings = []
         for k in range(2):
             io = model.session.io_binding()
             io.bind_ortvalue_input(m.input, x_val)
             io.bind_ortvalue_output(m.output, y_val)
+            if m.time_input:
+                io.bind_ortvalue_input(m.time_input, t_val)
             for s, src, dst in zip(m.state, vals[k], vals[1 - k], strict=True):
                 io.bind_ortvalue_input(s.input, src)
                 io.bind_ortvalue_output(s.output, dst)
@@ -196,9 +226,12 @@ class Stream:
         """A copy of the current state (for checkpoints)."""
         return [b.copy() for b in self._bufs[self._k]]
 
-    def step(self, x: np.ndarray) -> np.ndarray:
-        """Advance by one observation ([F] or [1, F] raw units); returns a copy of y."""
+    def step(self, x: np.ndarray, t: float | None = None) -> np.ndarray:
+        """Advance by one observation ([F] or [1, F] raw units) made at `t` (epoch seconds,
+        for a graph with a time input); returns a copy of y."""
         self._x[...] = np.reshape(x, self._x.shape)
+        if self.model.time_input:
+            self._t[...] = time_feed(t, 1)
         self.model.session.run_with_iobinding(self._bindings[self._k])
         self._k ^= 1
         return self._y.copy()

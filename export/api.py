@@ -21,6 +21,7 @@ from export.convert import (
     DEFAULT_OPSET,
     PRECISIONS,
     Built,
+    Layout,
     apply_precision,
     attach_manifest,
     build_graph,
@@ -29,6 +30,7 @@ from export.convert import (
 )
 from export.errors import ExportError
 from export.load import Source, load_source
+from export.structure import TIME, parity_structured
 from export.verify import (
     STEP_LENGTH,
     Parity,
@@ -85,7 +87,7 @@ def make_manifest(source: Source, built: Built, *, kind: str, batch: str, precis
     """The manifest for a graph: names, shapes, units, timing and provenance."""
     lay = built.layout
     spec = source.spec
-    state = tuple(StateSpec(i, o, (1, u)) for i, o, u in built.states)
+    state = tuple(StateSpec(i, o, (1, *shape)) for i, o, shape in built.states)
     mode = spec.mode if spec is not None else ("stateful" if kind == "step" else "window")
     src: dict[str, Any] = {
         "type": "run" if spec is not None else "keras",
@@ -104,8 +106,27 @@ def make_manifest(source: Source, built: Built, *, kind: str, batch: str, precis
         classes=lay.classes, freq=spec.freq if spec is not None else None,
         lookback=lookback, max_gap=spec.max_gap if spec is not None else None,
         batch="1" if batch == "1" else "dynamic", precision=precision,
-        metrics=dict(source.metrics), source=src,
+        metrics=dict(source.metrics), source=src, **_structure_fields(lay),
     )
+
+
+def _structure_fields(lay: Layout) -> dict[str, Any]:
+    """Manifest fields of a graph with seasonal memory: its time input, calendar and warm-up."""
+    st = lay.structure
+    if st is None:
+        return {}
+    return {
+        "time_input": TIME if st.calendar else None,
+        "calendar": tuple(st.calendar),
+        "warmup": st.memory,
+        "structure": {
+            "description": st.describe(), "memory": st.memory, "seasons": list(st.seasons),
+            "base_lag": st.base_lag, "log": st.log, "level": st.level,
+            "inputs": st.input_names(),
+            "state": {"hist": "the last `memory` target values (log if `log`), oldest first",
+                      "count": "observations seen, capped at `memory`"},
+        },
+    }
 
 
 def step_latency_us(path: Path, repeats: int = 300) -> float:
@@ -128,6 +149,8 @@ def _verify(path: Path, source: Source, built: Built, *, kind: str, lookback: in
             precision: str) -> Parity:
     lay = built.layout
     tol = tolerance(precision, lay)
+    if lay.structure is not None:
+        return parity_structured(path, source, lay.structure, tol)
     xs = sample_sequence(lay, STEP_LENGTH if kind == "step" else max(STEP_LENGTH, 2 * (lookback
                                                                                      or 1)),
                          source.tail)

@@ -16,6 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export.errors import ExportError
 from export.graph import IDENTITY_LAYERS, Affine, Builder, GraphWalker, Tensor, keras_layers
+from export.structure import add_base, derived_inputs, state_shapes
+from trainer.structure import Structure
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 14
@@ -35,6 +37,7 @@ class Layout:
     x_affine: Affine | None = None
     y_affine: Affine | None = None
     residual: tuple[int, ...] = ()  # feature index of each target: y is a change from it
+    structure: Structure | None = None  # seasonal memory etc. around the LSTM (step graphs)
 
     @property
     def per_step(self) -> int:
@@ -55,7 +58,7 @@ class Built:
     """An assembled graph before metadata: the proto, its state pairs and its y layout."""
 
     model: onnx.ModelProto
-    states: list[tuple[str, str, int]]
+    states: list[tuple[str, str, tuple[int, ...]]]  # input, output, shape without the batch
     layout: Layout
     output_has_time: bool  # the Keras output has the encoder's time axis (return_sequences)
 
@@ -125,6 +128,15 @@ def run_layout(spec: Any) -> Layout:
             raise ExportError("the run spec is a classifier but names no classes")
         return Layout(tuple(spec.features), tuple(spec.targets), int(spec.horizon), "classify",
                       classes, binary, x_aff, None)
+    if getattr(spec, "structure", None):
+        st = Structure.from_dict(spec.structure)
+        h = int(spec.horizon)
+        return Layout(
+            tuple(spec.features), tuple(spec.targets), h, "regress", None, False,
+            Affine(np.asarray(st.d_mean, np.float64), np.asarray(st.d_scale, np.float64)),
+            Affine(np.asarray(st.r_mean, np.float64), np.tile(np.asarray(st.r_scale), h)),
+            structure=st,
+        )
     y_aff = Affine(np.asarray(s.y_mean, np.float64), np.asarray(s.y_scale, np.float64))
     residual: tuple[int, ...] = ()
     if getattr(spec, "residual", False):
@@ -214,7 +226,18 @@ def build_graph(model: Any, *, kind: str, batch: str, opset: int, layout: Layout
         )
     b = Builder(kind, 1 if batch == "1" else "batch")
     n_feat = int(model.inputs[0].shape[-1])
-    if kind == "step":
+    st = layout.structure if layout is not None else None
+    z = ""
+    if st is not None:
+        if kind != "step":
+            raise ExportError("a run with seasonal memory exports as a step graph only; "
+                              "drop --kind window")
+        assert layout is not None
+        b.add_input("x", [b.batch_dim, len(layout.features)])
+        derived, z = derived_inputs(b, st)
+        start = Tensor(b.op1("Unsqueeze", [derived, b.const("axes0", [0], np.int64)], "x"),
+                       n_feat, "enc", 1)
+    elif kind == "step":
         b.add_input("x", [b.batch_dim, n_feat])
         start = Tensor(b.op1("Unsqueeze", ["x", b.const("axes0", [0], np.int64)], "x"),
                        n_feat, "enc", 1)
@@ -229,8 +252,12 @@ def build_graph(model: Any, *, kind: str, batch: str, opset: int, layout: Layout
     if layout is None:
         layout = plain_layout(model, end, features, targets, task)
     y = _finish(b, end, layout, walker.y_folded)
-    _rename_output(b, y, "y")
     out_shape = [b.batch_dim, *layout.output_shape(1)[1:]]
+    if st is not None:
+        if not walker.y_folded:
+            raise ExportError("a run with seasonal memory must end in a linear Dense layer")
+        y = add_base(b, st, y, z, [-1, *[int(d or 1) for d in layout.output_shape(1)[1:]]])
+    _rename_output(b, y, "y")
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)]
     outputs += b.state_outputs
     graph = helper.make_graph(b.nodes, f"statecast_{kind}", b.inputs, outputs, b.inits)
@@ -238,9 +265,11 @@ def build_graph(model: Any, *, kind: str, batch: str, opset: int, layout: Layout
     proto = helper.make_model(graph, opset_imports=opsets, producer_name="statecast-export")
     proto.ir_version = helper.find_min_ir_version_for(opsets)
     states = [(s.input, s.output, s.units) for s in b.states]
-    pairs = []
+    pairs: list[tuple[str, str, tuple[int, ...]]] = []
     for inp, out, units in states:  # h and c of each layer, paired explicitly
-        pairs += [(inp, out, units), ("c" + inp[1:], "c" + out[1:], units)]
+        pairs += [(inp, out, (units,)), ("c" + inp[1:], "c" + out[1:], (units,))]
+    if st is not None:
+        pairs += state_shapes(st)
     return Built(proto, pairs, layout, end.axis0 == "enc" or end.outer)
 
 

@@ -112,8 +112,9 @@ class Builder:
     def op1(self, op_type: str, inputs: list[str], hint: str, **attrs: Any) -> str:
         return self.op(op_type, inputs, hint, **attrs)[0]
 
-    def add_input(self, name: str, shape: list[int | str]) -> None:
-        self.inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape))
+    def add_input(self, name: str, shape: list[int | str],
+                  dtype: int = TensorProto.FLOAT) -> None:
+        self.inputs.append(helper.make_tensor_value_info(name, dtype, shape))
 
 
 def keras_layers(model: Any) -> list[Any]:

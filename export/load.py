@@ -25,6 +25,7 @@ class Source:
     spec: RunSpec | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     tail: np.ndarray | None = None
+    tail_t: np.ndarray | None = None  # epoch seconds of the tail's rows, when the run had times
 
     @property
     def is_run(self) -> bool:
@@ -80,16 +81,20 @@ def load_source(path: str | Path) -> Source:
                 metrics = json.loads((path / METRICS_FILE).read_text())
             except (OSError, ValueError):
                 metrics = {}
-        tail = None
+        tail = tail_t = None
         if (path / TAIL_FILE).is_file():
             try:
                 with np.load(path / TAIL_FILE) as data:
                     tail = np.asarray(data["x"], dtype=np.float32)
+                    if "t" in data.files:
+                        tail_t = np.asarray(data["t"], dtype=np.float64)
             except (OSError, ValueError, KeyError):
-                tail = None
+                tail = tail_t = None
         if tail is not None and (tail.ndim != 2 or tail.shape[1] != len(spec.features)):
-            tail = None
-        return Source(path, model, path / MODEL_FILE, spec, metrics, tail)
+            tail = tail_t = None
+        if tail_t is not None and (tail is None or tail_t.shape != (len(tail),)):
+            tail_t = None
+        return Source(path, model, path / MODEL_FILE, spec, metrics, tail, tail_t)
     if path.suffix.lower() not in KERAS_SUFFIXES:
         raise ExportError(
             f"{path} is neither a run folder nor a Keras model file (.keras or .h5)"

@@ -1,0 +1,149 @@
+"""ONNX nodes for a run's structure (trainer/structure.py) around the LSTM of a step graph.
+
+Two more state tensors carry what the net must not forget: ``hist`` [B, N, K], the last N target
+values (in the space they are forecast in, oldest first), and ``count`` [B, 1], the observations
+seen (capped at N). Before the LSTM the graph derives its inputs from ``x``, ``hist``, ``count``
+and, with a calendar, the input ``t`` (epoch seconds, float64); after it, it adds the base
+forecast gathered from the updated ``hist`` and undoes the log. `structure_reference` is the
+same computation in numpy and Keras, which the export proof compares the graph against.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from edge.model import StepModel
+from export.graph import Builder
+from trainer.structure import LOG_FLOOR, Structure
+
+HIST, COUNT, TIME = "hist", "count", "t"
+
+
+def derived_inputs(b: Builder, st: Structure) -> tuple[str, str]:
+    """Nodes from ``x`` (and the state, and ``t``) to the net's unscaled inputs [B, F'].
+
+    Returns the derived tensor and z [B, K], the targets as forecast (for the base)."""
+    n, k = st.memory, len(st.targets)
+    b.add_input(HIST, [b.batch_dim, n, k])
+    b.add_input(COUNT, [b.batch_dim, 1])
+    x_t = b.op1("Gather", ["x", b.const("target_idx", st.targets, np.int64)], "z", axis=1)
+    z = x_t
+    if st.log:
+        z = b.op1("Log", [b.op1("Max", [x_t, b.const("log_floor", LOG_FLOOR)], "z")], "z")
+    cols = []
+    if st.others:
+        cols.append(b.op1("Gather", ["x", b.const("other_idx", st.others, np.int64)], "x",
+                          axis=1))
+    if st.level:
+        cols.append(z)
+    for lag in [1, *st.seasons]:
+        prev = b.op1("Gather", [HIST, b.const(f"pos_{lag}", n - lag, np.int64)], f"d{lag}",
+                     axis=1)
+        seen = b.op1("GreaterOrEqual", [COUNT, b.const(f"lag_{lag}", float(lag))], f"d{lag}")
+        valid = b.op1("Cast", [seen], f"d{lag}", to=TensorProto.FLOAT)
+        cols.append(b.op1("Mul", [b.op1("Sub", [z, prev], f"d{lag}"), valid], f"d{lag}"))
+    if st.calendar:
+        b.add_input(TIME, [b.batch_dim, 1], TensorProto.DOUBLE)
+        periods = np.asarray(st.calendar, np.float64)
+        phase = b.op1("Mod", [TIME, b.const("periods", periods, np.float64)], "calendar", fmod=1)
+        phase = b.op1("Mul", [phase, b.const("to_radians", 2 * np.pi / periods, np.float64)],
+                      "calendar")
+        phase = b.op1("Cast", [phase], "calendar", to=TensorProto.FLOAT)
+        last = b.const("axes_last", [-1], np.int64)
+        sin = b.op1("Unsqueeze", [b.op1("Sin", [phase], "calendar"), last], "calendar")
+        cos = b.op1("Unsqueeze", [b.op1("Cos", [phase], "calendar"), last], "calendar")
+        pairs = b.op1("Concat", [sin, cos], "calendar", axis=-1)  # [B, P, 2]: sin, cos per P
+        cols.append(b.op1("Reshape", [pairs, b.const("cal_shape", [0, 2 * len(periods)],
+                                                     np.int64)], "calendar"))
+    derived = cols[0] if len(cols) == 1 else b.op1("Concat", cols, "derived", axis=1)
+
+    axes1 = b.const("axes1", [1], np.int64)
+    newest = b.op1("Unsqueeze", [z, axes1], "hist")
+    if n > 1:
+        older = b.op1("Slice", [HIST, b.const("one_i", [1], np.int64),
+                                b.const("n_i", [n], np.int64), axes1], "hist")
+        b.op("Concat", [older, newest], "hist", outputs=[HIST + "_out"], axis=1)
+    else:
+        b.op("Identity", [newest], "hist", outputs=[HIST + "_out"])
+    grown = b.op1("Add", [COUNT, b.const("one", 1.0)], "count")
+    b.op("Min", [grown, b.const("memory", float(n))], "count", outputs=[COUNT + "_out"])
+    for name, shape in ((HIST, [b.batch_dim, n, k]), (COUNT, [b.batch_dim, 1])):
+        b.state_outputs.append(
+            helper.make_tensor_value_info(name + "_out", TensorProto.FLOAT, shape))
+    return derived, z
+
+
+def add_base(b: Builder, st: Structure, y: str, z: str, out_shape: list[int]) -> str:
+    """y (corrections [B, H] or [B, H, K]) + the base forecast, out of log space."""
+    h, k = st.horizon, len(st.targets)
+    n = st.memory
+    yk = b.op1("Reshape", [y, b.const("shape_hk", [-1, h, k], np.int64)], "base")
+    pos = (n - 1 + st.base_positions()).astype(np.int64)
+    gathered = b.op1("Gather", [HIST + "_out", b.const("base_pos", pos, np.int64)], "base",
+                     axis=1)  # [B, H, K]
+    ready = b.op1("GreaterOrEqual", [COUNT + "_out", b.const("base_lag", float(st.base_lag))],
+                  "base")
+    ready = b.op1("Unsqueeze", [ready, b.const("axes_last", [-1], np.int64)], "base")
+    last = b.op1("Unsqueeze", [z, b.const("axes1", [1], np.int64)], "base")
+    zb = b.op1("Where", [ready, gathered, last], "base")
+    out = b.op1("Add", [yk, zb], "base")
+    if st.log:
+        out = b.op1("Exp", [out], "base")
+    return b.op1("Reshape", [out, b.const("shape_out", out_shape, np.int64)], "base")
+
+
+def state_shapes(st: Structure) -> list[tuple[str, str, tuple[int, ...]]]:
+    """The structure's state pairs (without the batch dimension)."""
+    return [(HIST, HIST + "_out", (st.memory, len(st.targets))), (COUNT, COUNT + "_out", (1,))]
+
+
+def structure_reference(model: Any, st: Structure, xs: np.ndarray,
+                        ts: np.ndarray | None) -> np.ndarray:
+    """What the run's Keras model and the trainer's numpy structure forecast after each row of
+    `xs` [T, F] (raw, from zero state): [T, H] for one target, [T, H, K] for several."""
+    d = st.scaled_inputs(xs, ts)
+    out = model(d[None], training=False)
+    out = out.numpy() if hasattr(out, "numpy") else np.asarray(out)
+    y = st.decode(out[0], st.base(xs))
+    return y[..., 0] if len(st.targets) == 1 else y
+
+
+def sample_rows(source: Any, st: Structure, length: int = 400,
+                seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """Rows (and times) to prove the graph on: the run's held-out tail, else a synthetic
+    seasonal series at the training data's level, long enough to fill the seasonal memory."""
+    length = max(length, 3 * st.memory)
+    if source.tail is not None and len(source.tail) >= 2:
+        xs = np.asarray(source.tail[:length], np.float32)
+        ts: np.ndarray | None = source.tail_t[:length] if source.tail_t is not None else None
+    else:
+        rng = np.random.default_rng(seed)
+        spec = source.spec
+        mean = np.asarray(spec.scaler.x_mean)
+        scale = np.asarray(spec.scaler.x_scale)
+        k = np.arange(length)[:, None]
+        cycle = np.sin(2 * np.pi * k / max(st.memory, 2))
+        noise = 0.3 * rng.standard_normal((length, len(mean)))
+        xs = (mean + scale * (cycle + noise)).astype(np.float32)
+        ts = None
+    if st.log:
+        xs = np.maximum(xs, np.float32(LOG_FLOOR))
+    if st.calendar and ts is None:
+        ts = 1.6e9 + 3600.0 * np.arange(len(xs))
+    return xs, ts
+
+
+def parity_structured(path: Path, source: Any, st: Structure, tol: float) -> Any:
+    """Step the graph over sample rows from zero state and compare with Keras + the numpy
+    structure; the tolerance grows by 1e-5 of the largest forecast (float32 arithmetic)."""
+    from export.verify import Parity
+
+    xs, ts = sample_rows(source, st)
+    ref = structure_reference(source.model, st, xs, ts)
+    got = StepModel(path).run_sequence(xs, ts=ts)[0].astype(np.float64)
+    err = float(np.max(np.abs(got - ref))) if np.all(np.isfinite(got)) else float("inf")
+    return Parity(err, tol + 1e-5 * float(np.max(np.abs(ref))), len(xs))
