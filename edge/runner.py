@@ -31,6 +31,7 @@ class Runner:
         self.state_in = [s.input for s in m.state]
         self.outputs = [m.output] + [s.output for s in m.state]
         self.lookback = m.lookback if m.kind == "window" else None
+        self.time_input = m.time_input  # the graph derives calendar inputs from the time
         self.last_seconds = 0.0
         # many streams per run: a step graph with a symbolic batch dimension
         self.batched = m.kind == "step" and model.dynamic_batch
@@ -39,13 +40,16 @@ class Runner:
     def zero_state(self) -> list[np.ndarray]:
         return self.model.zero_state(1) if self.kind == "step" else []
 
-    def step_one(self, st: StreamState, x: np.ndarray) -> np.ndarray | None:
-        """Advance `st` in place by the feature row `x` ([F] float32); the state changes only if
-        the session run succeeds. `last_seconds` holds the session time of the last run."""
+    def step_one(self, st: StreamState, x: np.ndarray, t: float = 0.0) -> np.ndarray | None:
+        """Advance `st` in place by the feature row `x` ([F] float32) observed at `t` (epoch
+        seconds); the state changes only if the session run succeeds. `last_seconds` holds the
+        session time of the last run."""
         if self.kind == "step":
             feeds = {self.input: x.reshape(1, self.n_features)}
             for name, value in zip(self.state_in, st.state, strict=True):
                 feeds[name] = value
+            if self.time_input:
+                feeds[self.time_input] = np.array([[t]], np.float64)
             t0 = time.perf_counter()
             out = self.session.run(self.outputs, feeds)
             self.last_seconds = time.perf_counter() - t0
@@ -67,19 +71,24 @@ class Runner:
         st.count += 1
         return y
 
-    def step_many(self, sts: list[StreamState], x: np.ndarray) -> np.ndarray:
-        """Advance each of `sts` (distinct streams) by its row of `x` ([N, F] float32) in one
-        session run; returns the forecasts [N, ...]. All states change only if the run succeeds.
-        `last_seconds` holds the session time of the run. Needs `batched`; with one stream it
-        is `step_one`."""
+    def step_many(self, sts: list[StreamState], x: np.ndarray,
+                  t: np.ndarray | None = None) -> np.ndarray:
+        """Advance each of `sts` (distinct streams) by its row of `x` ([N, F] float32), observed
+        at `t` ([N] epoch seconds), in one session run; returns the forecasts [N, ...]. All
+        states change only if the run succeeds. `last_seconds` holds the session time of the
+        run. Needs `batched`; with one stream it is `step_one`."""
+        times = np.zeros(len(sts)) if t is None else np.asarray(t, np.float64).reshape(-1)
         if len(sts) == 1 or not self.batched:
-            ys = [self.step_one(st, row) for st, row in zip(sts, x, strict=True)]
+            ys = [self.step_one(st, row, float(ti))
+                  for st, row, ti in zip(sts, x, times, strict=True)]
             return np.concatenate([y for y in ys if y is not None])
         rows = self.rows
         idx = np.fromiter((rows.row(st) for st in sts), np.intp, len(sts))
         feeds = {self.input: x}
         for name, table in zip(self.state_in, rows.tables, strict=True):
             feeds[name] = table[idx]
+        if self.time_input:
+            feeds[self.time_input] = times.reshape(-1, 1)
         t0 = time.perf_counter()
         out = self.session.run(self.outputs, feeds)
         self.last_seconds = time.perf_counter() - t0

@@ -175,7 +175,7 @@ class Processor:
 
     def _accept(self, stream: str, obs: Observation, topic: str, payload: bytes) -> bool:
         st = self._admit(stream, obs, topic, payload)
-        y = self.runner.step_one(st, obs.values)
+        y = self.runner.step_one(st, obs.values, obs.t)
         if st.last_t is None or obs.t > st.last_t:
             st.last_t = obs.t
         self.store.mark(stream)
@@ -305,7 +305,8 @@ class Processor:
         else:
             x = np.stack([p[2].values for p in pending])
         try:
-            ys = self.runner.step_many([p[1] for p in pending], x)
+            ys = self.runner.step_many([p[1] for p in pending], x,
+                                       np.fromiter((p[2].t for p in pending), np.float64, n))
         except Exception as exc:
             log.exception("The model failed on a batch of %d observations", n)
             for stream, _, _, topic, payload in pending:
