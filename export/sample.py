@@ -45,23 +45,27 @@ def _read_npy(path: Path) -> np.ndarray:
 
 def _read_csv(path: Path, features: tuple[str, ...]) -> np.ndarray:
     """The feature columns of a CSV with a header, in the model's order ([T, F])."""
+    lines: list[tuple[int, list[str]]] = []  # (line number, fields), blank lines left out
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
-            rows = [row for row in csv.reader(f) if any(cell.strip() for cell in row)]
+            reader = csv.reader(f)
+            for row in reader:
+                if any(cell.strip() for cell in row):
+                    lines.append((reader.line_num, row))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ExportError(f"--sample {path} could not be read as a CSV file ({exc})") from None
-    if len(rows) < 2:
+    if len(lines) < 2:
         raise ExportError(f"--sample {path} needs a header line and at least one row of values")
-    header = [name.strip() for name in rows[0]]
-    body = rows[1:]
-    for n, row in enumerate(body, start=2):
+    header = [name.strip() for name in lines[0][1]]
+    body = lines[1:]
+    for n, row in body:
         if len(row) != len(header):
             raise ExportError(f"--sample {path} line {n} has {len(row)} fields, the header "
                               f"{len(header)}")
     if all(name in header for name in features):
         columns = [header.index(name) for name in features]
     elif _default_names(features):  # unnamed features: the columns whose first value is a number
-        columns = [j for j in range(len(header)) if _is_number(body[0][j].strip())]
+        columns = [j for j in range(len(header)) if _is_number(body[0][1][j].strip())]
         if len(columns) != len(features):
             raise ExportError(
                 f"--sample {path} has {len(columns)} numeric columns but the model takes "
@@ -72,12 +76,12 @@ def _read_csv(path: Path, features: tuple[str, ...]) -> np.ndarray:
         raise ExportError(f"--sample {path} has no column {missing[0]!r} (it has: "
                           f"{', '.join(header)})")
     out = np.empty((len(body), len(columns)), np.float64)
-    for i, row in enumerate(body):
+    for i, (n, row) in enumerate(body):
         for k, j in enumerate(columns):
             try:
                 out[i, k] = float(row[j])
             except ValueError:
-                raise ExportError(f"--sample {path} line {i + 2} column {header[j]!r} is not a "
+                raise ExportError(f"--sample {path} line {n} column {header[j]!r} is not a "
                                   f"number ({row[j][:40]!r})") from None
     return out
 

@@ -198,7 +198,7 @@ def _write(kind: str, path: Path) -> None:
     elif kind == "text.npy":
         np.save(path, np.array([["a", "b", "c"]] * 6))
     elif kind == "word.csv":
-        path.write_text("a,b,c\n" + "1,2,3\n" * 3 + "1,x,3\n" + "1,2,3\n" * 3)
+        path.write_text("a,b,c\n" + "1,2,3\n" * 2 + "\n" + "1,2,3\n" + "1,x,3\n" + "1,2,3\n" * 3)
     elif kind == "columns.csv":
         path.write_text("a,b\n" + "1,2\n" * 8)
     elif kind == "header.csv":
@@ -219,7 +219,7 @@ def _write(kind: str, path: Path) -> None:
     ("short.npy", "sequences of 4 steps but the model takes 5"),
     ("nan.npy", "NaN or infinite"),
     ("text.npy", "not numbers"),
-    ("word.csv", "line 5 column 'b' is not a number"),
+    ("word.csv", "line 6 column 'b' is not a number"),  # a blank line counted
     ("columns.csv", "2 numeric columns but the model takes 3 features"),
     ("header.csv", "at least one row"),
     ("ragged.csv", "line 3 has 2 fields"),
