@@ -31,15 +31,7 @@ from export.convert import (
 from export.errors import ExportError
 from export.load import Source, load_source
 from export.structure import TIME, parity_structured
-from export.verify import (
-    STEP_LENGTH,
-    Parity,
-    check_onnx,
-    parity_step,
-    parity_window,
-    sample_sequence,
-    tolerance,
-)
+from export.verify import Parity, check_onnx, prove
 
 Log = Callable[[str], None]
 
@@ -146,20 +138,12 @@ def step_latency_us(path: Path, repeats: int = 300) -> float:
 
 
 def _verify(path: Path, source: Source, built: Built, *, kind: str, lookback: int | None,
-            precision: str) -> Parity:
-    lay = built.layout
-    tol = tolerance(precision, lay)
-    if lay.structure is not None:
-        return parity_structured(path, source, lay.structure, tol)
-    xs = sample_sequence(lay, STEP_LENGTH if kind == "step" else max(STEP_LENGTH, 2 * (lookback
-                                                                                     or 1)),
-                         source.tail)
-    if kind == "step":
-        return parity_step(path, source.model, lay, xs=xs,
-                           output_has_time=built.output_has_time, tol=tol)
-    assert lookback is not None
-    return parity_window(path, source.model, lay, xs=xs, lookback=lookback,
-                         output_has_time=built.output_has_time, tol=tol)
+            precision: str, sample: str | Path | None = None) -> Parity:
+    if built.layout.structure is not None:
+        return parity_structured(path, source, built.layout, precision, sample)
+    return prove(path, source.model, built.layout, kind=kind, lookback=lookback,
+                 output_has_time=built.output_has_time, precision=precision, tail=source.tail,
+                 sample=sample)
 
 
 def export_model(
@@ -176,12 +160,16 @@ def export_model(
     lookback: int | None = None,
     verify: bool = True,
     log: Log = _quiet,
+    sample: str | Path | None = None,
 ) -> Manifest:
     """Export a run folder or Keras model to a batch-1 ONNX graph with its manifest.
 
     With `verify` the graph is checked and stepped against Keras first; if that fails, nothing is
-    written and an ExportError with status 1 is raised.
+    written and an ExportError with status 1 is raised. `sample` (.npy or .csv, raw units) gives
+    the inputs for that proof instead of the run's tail or random data.
     """
+    if sample is not None and not verify:
+        raise ExportError("--sample is for the proof against Keras; drop --no-verify")
     if batch not in ("1", "dynamic"):
         raise ExportError(f"--batch must be 1 or dynamic, not {batch!r}")
     if precision not in PRECISIONS:
@@ -209,16 +197,18 @@ def export_model(
             check_onnx(proto)
             try:
                 parity = _verify(path, src, built, kind=kind, lookback=look,
-                                 precision=precision)
+                                 precision=precision, sample=sample)
             except EdgeError as exc:
                 raise ExportError(f"the exported graph fails edge's checks ({exc})",
                                   status=1) from None
-            log(f"parity vs Keras ({precision}, {parity.compared} predictions): max abs error "
-                f"{parity.max_abs:.3g} (tolerance {parity.tolerance:.3g})")
+            log(f"parity vs Keras ({precision}, {parity.compared} predictions on "
+                f"{parity.inputs}): max abs error {parity.max_abs:.3g} (tolerance "
+                f"{parity.tolerance:.3g} + {parity.rtol:.3g} x |Keras|)")
             if not parity.ok:
                 raise ExportError(
-                    f"the exported graph differs from Keras by {parity.max_abs:.3g}, more than "
-                    f"{parity.tolerance:.3g}; nothing was written", status=1
+                    f"the exported graph differs from Keras by {parity.worst_err:.3g} where "
+                    f"Keras gives {parity.worst_ref:.3g}, more than the tolerance "
+                    f"{parity.allowed:.3g}; nothing was written", status=1
                 )
             if precision != "fp32":
                 base = Path(tmp) / "fp32.onnx"

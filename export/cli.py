@@ -15,6 +15,7 @@ EPILOG = """examples:
   statecast-export runs/bi --out bi.onnx                  # window graph (bidirectional)
   statecast-export tutorial.h5 --out t.onnx --features temp,humidity --targets temp
   statecast-export runs/temps --out temps-int8.onnx --precision int8 --batch dynamic
+  statecast-export tutorial.h5 --out t.onnx --sample windows.npy  # prove on your own inputs
 
 exit status: 0 written, 1 the proof against Keras failed (nothing written), 2 bad input.
 """
@@ -53,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
       help="plain model only (default: classify if it ends in sigmoid or softmax)")
     a("--lookback", type=int, help="window length of a window graph (default: from the run "
       "or the model's input shape)")
+    a("--sample", type=Path, metavar="FILE",
+      help="inputs for the parity check, in raw feature units: a .npy array [T, F] or "
+      "[N, T, F], or a CSV file with a header (columns named like the features; for a plain "
+      "model, its numeric columns in order). Default: the run's held-out tail, else random data")
     a("--no-verify", action="store_true",
       help="skip onnx.checker and the parity check against Keras")
     return p
@@ -60,7 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (0 written, 1 proof failed, 2 bad input)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.sample is not None and args.no_verify:
+        parser.error("--sample is for the parity check; drop --no-verify")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from export.api import export_model
 
@@ -69,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             args.source, args.out, kind=args.kind, batch=args.batch,
             precision=args.precision, opset=args.opset, features=args.features,
             targets=args.targets, task=args.task, lookback=args.lookback,
-            verify=not args.no_verify, log=print,
+            verify=not args.no_verify, log=print, sample=args.sample,
         )
     except ExportError as exc:
         print(f"statecast-export: {exc}", file=sys.stderr)

@@ -112,14 +112,21 @@ def structure_reference(model: Any, st: Structure, xs: np.ndarray,
     return y[..., 0] if len(st.targets) == 1 else y
 
 
-def sample_rows(source: Any, st: Structure, length: int = 400,
-                seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
-    """Rows (and times) to prove the graph on: the run's held-out tail, else a synthetic
-    seasonal series at the training data's level, long enough to fill the seasonal memory."""
+def sample_rows(source: Any, st: Structure, sample: str | Path | None = None,
+                length: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Rows (and times) to prove the graph on: the user's sample, the run's held-out tail, else
+    a synthetic seasonal series at the training data's level; long enough to fill the memory."""
     length = max(length, 3 * st.memory)
-    if source.tail is not None and len(source.tail) >= 2:
+    ts: np.ndarray | None = None
+    if sample is not None:
+        from export.sample import load_sample
+
+        seqs = load_sample(sample, tuple(st.features), 1)
+        xs, origin = np.asarray(seqs[0][:length], np.float32), Path(sample).name
+    elif source.tail is not None and len(source.tail) >= 2:
         xs = np.asarray(source.tail[:length], np.float32)
-        ts: np.ndarray | None = source.tail_t[:length] if source.tail_t is not None else None
+        ts = source.tail_t[:length] if source.tail_t is not None else None
+        origin = "the run's held-out tail"
     else:
         rng = np.random.default_rng(seed)
         spec = source.spec
@@ -129,21 +136,23 @@ def sample_rows(source: Any, st: Structure, length: int = 400,
         cycle = np.sin(2 * np.pi * k / max(st.memory, 2))
         noise = 0.3 * rng.standard_normal((length, len(mean)))
         xs = (mean + scale * (cycle + noise)).astype(np.float32)
-        ts = None
+        origin = "a synthetic seasonal series"
     if st.log:
         xs = np.maximum(xs, np.float32(LOG_FLOOR))
     if st.calendar and ts is None:
         ts = 1.6e9 + 3600.0 * np.arange(len(xs))
-    return xs, ts
+    return xs, ts, origin
 
 
-def parity_structured(path: Path, source: Any, st: Structure, tol: float) -> Any:
-    """Step the graph over sample rows from zero state and compare with Keras + the numpy
-    structure; the tolerance grows by 1e-5 of the largest forecast (float32 arithmetic)."""
-    from export.verify import Parity
+def parity_structured(path: Path, source: Any, layout: Any, precision: str,
+                      sample: str | Path | None = None) -> Any:
+    """Step the graph over sample rows from zero state and compare every forecast with Keras +
+    the trainer's numpy structure (tolerance as for any graph: absolute + relative)."""
+    from export.verify import RTOL, compare, tolerance
 
-    xs, ts = sample_rows(source, st)
+    st = layout.structure
+    xs, ts, origin = sample_rows(source, st, sample)
     ref = structure_reference(source.model, st, xs, ts)
-    got = StepModel(path).run_sequence(xs, ts=ts)[0].astype(np.float64)
-    err = float(np.max(np.abs(got - ref))) if np.all(np.isfinite(got)) else float("inf")
-    return Parity(err, tol + 1e-5 * float(np.max(np.abs(ref))), len(xs))
+    got = StepModel(path).run_sequence(xs, ts=ts)[0]
+    return compare(got, ref, tol=tolerance(precision, layout), rtol=RTOL[precision],
+                   compared=len(xs), inputs=f"{len(xs)} observations of {origin}")

@@ -67,6 +67,43 @@ def encoder_decoder() -> Any:
     ])
 
 
+def tutorial_encoder_decoder() -> Any:
+    """Exactly the tutorial's encoder–decoder: 3 steps of 1 value in, 3 steps out, relu."""
+    import keras
+    from keras import layers as kl
+
+    return keras.Sequential([
+        keras.Input((3, 1)),
+        kl.LSTM(100, activation="relu"),
+        kl.RepeatVector(3),
+        kl.LSTM(100, activation="relu", return_sequences=True),
+        kl.TimeDistributed(kl.Dense(1)),
+    ])
+
+
+def tutorial_series() -> np.ndarray:
+    """The tutorial's data: a ramp of values 10..99, divided by 300 as it does ([90, 1])."""
+    return (np.arange(10.0, 100.0) / 300.0).astype(np.float32)[:, None]
+
+
+def trained_tutorial(epochs: int = 30) -> Any:
+    """The tutorial encoder–decoder trained as the tutorial does: 3 values in, the next 3 out.
+
+    Trained this long, its relu LSTMs blow up over sequences much longer than 3 steps.
+    """
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = tutorial_encoder_decoder()
+    model.compile("adam", "mse")
+    s = tutorial_series()
+    n = len(s) - 6
+    x = np.stack([s[i : i + 3] for i in range(n)])
+    y = np.stack([s[i + 3 : i + 6] for i in range(n)])
+    model.fit(x, y, epochs=epochs, batch_size=16, verbose=0)
+    return model
+
+
 def many_to_many() -> Any:
     """Functional API: Masking → LSTM(return_sequences) → TimeDistributed(Dense(2))."""
     import keras
