@@ -75,7 +75,8 @@ def test_every_arch_task_mode_trains_and_evaluates(
 
 
 def test_residual_is_on_only_when_every_target_is_a_feature(table: Path, tmp_path: Path) -> None:
-    metrics = train(tiny(table, tmp_path / "r", horizon=2, epochs=2), log=lambda _: None)
+    metrics = train(tiny(table, tmp_path / "r", horizon=2, epochs=2, structure="plain"),
+                    log=lambda _: None)
     assert RunSpec.load(tmp_path / "r").residual is True
     assert np.isfinite(metrics["rmse"])
     train(tiny(table, tmp_path / "off", residual=False), log=lambda _: None)
