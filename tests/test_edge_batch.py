@@ -116,10 +116,11 @@ def test_handle_many_equals_handle_alone(twins: tuple[Path, Path], chunks: tuple
     sizes: list[int] = []
     step_many = batched.runner.step_many
 
-    def recording(sts: list[StreamState], x: np.ndarray) -> np.ndarray:
+    def recording(sts: list[StreamState], x: np.ndarray,
+                  t: np.ndarray | None = None) -> np.ndarray:
         sizes.append(len(sts))
         assert len({id(st) for st in sts}) == len(sts)
-        return step_many(sts, x)
+        return step_many(sts, x, t)
 
     batched.runner.step_many = recording  # type: ignore[method-assign]
     i = 0

@@ -200,7 +200,7 @@ def test_real_trainer_run_exports_and_matches(tmp_path: Path) -> None:
     run = tmp_path / "run"
     status = train_main(["--data", str(data), "--time-col", "date", "--target", "temp",
                          "--epochs", "1", "--units", "4", "--layers", "1", "--horizon", "2",
-                         "--out", str(run)])
+                         "--structure", "plain", "--out", str(run)])
     assert status in (0, None)
     out = tmp_path / "temps.onnx"
     assert export_main([str(run), "--out", str(out)]) == 0

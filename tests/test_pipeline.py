@@ -42,14 +42,20 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return run_dir, onnx_path
 
 
-def keras_forecasts(run_dir: Path, temps: np.ndarray) -> np.ndarray:
-    """The trained model over `temps` from zero state, in °F: [T, H]."""
+def keras_forecasts(run_dir: Path, temps: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """The trained model over `temps` (at epoch seconds `times`) from zero state, in °F:
+    [T, H]; a run with seasonal memory through the trainer's numpy structure."""
     import keras
 
     from trainer.spec import RunSpec
+    from trainer.structure import Structure
 
     spec = RunSpec.load(run_dir)
     model = keras.saving.load_model(run_dir / "model.keras")
+    if spec.structure is not None:
+        st = Structure.from_dict(spec.structure)
+        out = np.asarray(model(st.scaled_inputs(temps[:, None], times)[None], training=False))
+        return st.decode(out[0], st.base(temps[:, None]))[..., 0]
     x = ((temps - spec.scaler.x_mean[0]) / spec.scaler.x_scale[0]).astype(np.float32)
     out = np.asarray(model(x[None, :, None], training=False))[0]
     base = temps[:, None] if spec.residual else spec.scaler.y_mean[0]
@@ -64,6 +70,8 @@ def test_daemon_forecasts_equal_keras_on_every_stream(
     run_dir, onnx_path = exported
     manifest = StepModel(onnx_path).manifest
     assert manifest.kind == "step" and manifest.horizon == 3 and manifest.freq == "1h"
+    # the default run is chosen on validation; on these temperatures seasonal memory wins
+    assert [s.input for s in manifest.state][-2:] == ["hist", "count"], manifest.structure
     table = pd.read_csv(DATA)
     streams = {"north": 0, "south": 4000}  # two streams replaying different stretches
     n = 120
@@ -82,7 +90,8 @@ def test_daemon_forecasts_equal_keras_on_every_stream(
         mine = [m for m in got if m["stream"] == name]
         assert len(mine) == n
         temps = table["temp"].to_numpy()[skip:skip + n]
-        want = keras_forecasts(run_dir, temps)
+        times = pd.to_datetime(table["date"]).to_numpy()[skip:skip + n]
+        want = keras_forecasts(run_dir, temps, times.astype("datetime64[s]").astype(np.int64))
         have = np.array([m["forecast"] for m in mine], dtype=np.float64)
         assert np.max(np.abs(have - want)) < 1e-3, (name, np.max(np.abs(have - want)))
         assert mine[0]["model"] == manifest.model_id

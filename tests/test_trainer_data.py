@@ -66,7 +66,7 @@ def test_scaler_is_fitted_on_training_rows_only(tmp_path: Path) -> None:
     ds = load_dataset(write_csv(df, tmp_path / "d.csv"), ["temp"], time_col="date")
     cfg = TrainConfig(data=tmp_path / "d.csv", targets=["temp"], out=tmp_path / "r",
                       lookback=8, test_frac=0.2)
-    _, scaler = _prepare(ds, cfg, Task("regress", None, None))
+    _, scaler, _ = _prepare(ds, cfg, Task("regress", None, None))
     train_rows = df["temp"].to_numpy()[: 400 - 80 - 40]
     assert abs(scaler.x_mean[0] - train_rows.mean()) < 1e-9
     assert abs(scaler.y_scale[0] - train_rows.std()) < 1e-9
