@@ -1,6 +1,7 @@
 """The statecast demo: train → export → broker + edge daemon → live forecasts, in about 2 minutes.
 
-1. trains a small stateful LSTM on the Seattle hourly temperatures (6-hour horizon);
+1. trains stateful LSTMs on the Seattle hourly temperatures (6-hour horizon), with and without
+   a seasonal memory, and keeps the one that forecasts best on the validation split;
 2. exports it to a batch-1 ONNX step graph, proven against Keras;
 3. starts mosquitto on a free loopback port and `statecast-edge` against it;
 4. replays a week before the held-out tail quickly (to warm the stream's state), then the last
@@ -60,16 +61,17 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=ROOT / "demo-out")
     p.add_argument("--weeks", type=int, default=2, help="held-out weeks replayed live")
     p.add_argument("--rate", type=float, default=40.0, help="live messages per second")
-    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--epochs", type=int, default=100)
     args = p.parse_args()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     run_dir, model = out / "run", out / "temps.onnx"
 
-    step("1/4 train a stateful LSTM at batch 64 (statecast-train)")
+    step("1/4 train stateful LSTMs at batch 64 and keep the best on validation "
+         "(statecast-train)")
     run([str(BIN / "statecast-train"), "--data", str(DATA), "--time-col", "date",
          "--target", "temp", "--horizon", "6", "--season", "24", "--epochs", str(args.epochs),
-         "--out", str(run_dir)])
+         "--quiet", "--out", str(run_dir)])
 
     step("2/4 export a batch-1 ONNX step graph with explicit state (statecast-export)")
     run([str(BIN / "statecast-export"), str(run_dir), "--out", str(model)])
@@ -136,10 +138,12 @@ def _live(args: argparse.Namespace, url: str, inbox: queue.Queue[tuple[str, dict
     feeder = subprocess.Popen([*replay, "--skip", str(start), "--count", str(live),
                                "--rate", str(args.rate)])
     print(f"{'observation time':<19} {'actual':>7} {'+1h':>7} {'+6h':>7} "
-          f"{'MAE +1h':>8} {'persist.':>8}")
+          f"{'MAE +1h':>8} {'persist.':>8} {'seasonal':>8}")
     pending: dict[datetime, float] = {}
     errs: list[float] = []
     base: list[float] = []
+    seasonal: list[float] = []
+    period = times[1] - times[0]
     rows: list[tuple[datetime, float, list[float]]] = []
     got, errors = 0, 0
     deadline = time.monotonic() + live / args.rate + 60
@@ -159,23 +163,28 @@ def _live(args: argparse.Namespace, url: str, inbox: queue.Queue[tuple[str, dict
         now = actual[ts]
         if ts in pending:
             errs.append(abs(pending.pop(ts) - now))
-            prev = actual.get(ts.replace() - (times[1] - times[0]))
+            prev = actual.get(ts - period)
             if prev is not None:
                 base.append(abs(prev - now))
+            day_before = actual.get(ts - 24 * period)
+            if day_before is not None:
+                seasonal.append(abs(day_before - now))
         fc = [float(v) for v in msg["forecast"]]
         pending[datetime.fromisoformat(msg["at"][0])] = fc[0]
         rows.append((ts, now, fc))
-        mae = sum(errs) / len(errs) if errs else float("nan")
-        pmae = sum(base) / len(base) if base else float("nan")
-        print(f"{ts:%Y-%m-%d %H:%M}    {now:7.1f} {fc[0]:7.1f} {fc[-1]:7.1f} {mae:8.2f} "
-              f"{pmae:8.2f}", flush=True)
+        print(f"{ts:%Y-%m-%d %H:%M}    {now:7.1f} {fc[0]:7.1f} {fc[-1]:7.1f} "
+              f"{_mean(errs):8.3f} {_mean(base):8.3f} {_mean(seasonal):8.3f}", flush=True)
     feeder.wait(30)
-    print(f"\n{got} forecasts for {live} observations, {errors} errors; "
-          f"MAE at +1 h {sum(errs) / max(len(errs), 1):.2f} °F vs persistence "
-          f"{sum(base) / max(len(base), 1):.2f} °F")
+    print(f"\n{got} forecasts for {live} observations, {errors} errors; MAE at +1 h: model "
+          f"{_mean(errs):.3f} °F, persistence {_mean(base):.3f} °F, seasonal naive (same hour "
+          f"yesterday) {_mean(seasonal):.3f} °F")
     _plot(rows, actual, out / "forecast.png")
     print(f"plot: {out / 'forecast.png'}")
     return 0 if got == live and errors == 0 else 1
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
 
 
 def _drain(inbox: queue.Queue[tuple[str, dict[str, Any]]], n: int, timeout: float) -> None:
