@@ -78,7 +78,7 @@ def test_the_run_records_its_structure(seasonal_run: Path) -> None:
     assert (st.seasons, st.base_lag, st.memory) == ([24], 24, 24)
     assert st.calendar == [7 * 86400.0]  # 17 days of training rows: a week, not a year
     metrics = json.loads((seasonal_run / "metrics.json").read_text())
-    assert metrics["structure"] == "seasonal24"
+    assert metrics["structure"] == "seasonal24+cal"
 
 
 @pytest.mark.parametrize("batch", ["1", "dynamic"])

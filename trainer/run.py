@@ -27,7 +27,7 @@ from trainer.data import Dataset, load_dataset
 from trainer.errors import TrainError
 from trainer.evaluate import classification_metrics, regression_metrics, seasonal_index
 from trainer.models import ModelShape, build_model, reset_states
-from trainer.select import Candidate, better, first_stage, name_of, rmse, second_stage
+from trainer.select import TOGGLES, Candidate, better, first_stage, name_of, rmse, toggle
 from trainer.spec import (
     FORECASTS_FILE,
     HISTORY_FILE,
@@ -123,9 +123,13 @@ def train(cfg: TrainConfig, log: Log = print) -> dict[str, Any]:
     structured = [c for c in tried if c.structure is not None]
     if plan.second and structured:
         top = min(structured, key=lambda c: c.val_rmse if c.val_rmse is not None else np.inf)
-        assert top.structure is not None
-        for st in second_stage(top.structure, plan.allow_log):
-            attempt(st)
+        for which in TOGGLES:
+            assert top.structure is not None
+            st = toggle(top.structure, which, plan.allow_log)
+            if st is not None:
+                cand = attempt(st)
+                if better(cand, top):
+                    top = cand
     assert best is not None and best.fitted is not None
     model, history, segs, scaler = best.fitted
     chosen: Structure | None = best.structure

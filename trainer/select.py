@@ -1,9 +1,11 @@
 """Which forecaster structures to try, and how they are compared on the validation split.
 
-The search is small and staged, so a default run stays quick: first the plain LSTM against a
-seasonal-memory LSTM on each season's base forecast; then, on the best structured candidate, the
-toggles that only validation can decide (drop the level input, forecast in log space). Every
-candidate and the naive baselines are scored in target units on the same validation origins.
+The search is small and greedy, so a default run stays quick: first the plain LSTM against a
+seasonal-memory LSTM on each season's base forecast; then, one after the other on the best
+structured candidate so far, the changes only validation can decide (drop the level input,
+forecast in log space, keep only the base's season, drop the calendar), each kept if it helps.
+Every candidate and the naive baselines are scored in target units on the same validation
+origins.
 """
 
 from __future__ import annotations
@@ -35,12 +37,15 @@ class Candidate:
 
 
 def name_of(st: Structure | None) -> str:
-    """A short, stable name for a candidate."""
+    """A short, stable name for a candidate, e.g. seasonal24+lags168+cal-level."""
     if st is None:
         return "plain"
-    name = "seasonal" if st.base_lag > 1 else "diff"
-    if st.base_lag > 1:
-        name += f"{st.base_lag}"
+    name = f"seasonal{st.base_lag}" if st.base_lag > 1 else "diff"
+    others = [s for s in st.seasons if s != st.base_lag]
+    if others:
+        name += "+lags" + ",".join(map(str, others))
+    if st.calendar:
+        name += "+cal"
     if st.log:
         name += "+log"
     if not st.level:
@@ -58,12 +63,21 @@ def first_stage(base: Structure, seasons: list[int], include_plain: bool) -> lis
     return out
 
 
-def second_stage(best: Structure, allow_log: bool) -> list[Structure]:
-    """Toggles to try on the best structured candidate."""
-    out = [replace(best, level=not best.level)]
-    if allow_log and not best.log:
-        out.append(replace(best, log=True))
-    return out
+TOGGLES = ("level", "log", "one season", "no calendar")
+
+
+def toggle(st: Structure, which: str, allow_log: bool) -> Structure | None:
+    """`st` with one part changed, or None when that change does not apply to it."""
+    if which == "level":
+        return replace(st, level=not st.level)
+    if which == "log":
+        return replace(st, log=True) if allow_log and not st.log else None
+    if which == "one season":
+        keep = [s for s in st.seasons if s == st.base_lag]
+        return replace(st, seasons=keep) if len(st.seasons) > len(keep) else None
+    if which == "no calendar":
+        return replace(st, calendar=[]) if st.calendar else None
+    raise ValueError(which)
 
 
 def better(a: Candidate, b: Candidate | None) -> bool:
