@@ -80,6 +80,10 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         "step": build_model(d / "step.onnx", model_id="test-step"),
         "step2": build_model(d / "step2.onnx", model_id="test-step-other", seed=1),
+        # the same two models exported with `--batch dynamic` (same weights, same ids)
+        "step-dynamic": build_model(d / "step-dyn.onnx", model_id="test-step", batch="dynamic"),
+        "step2-dynamic": build_model(d / "step2-dyn.onnx", model_id="test-step-other", seed=1,
+                                     batch="dynamic"),
         "window": build_model(d / "window.onnx", kind="window", lookback=4, model_id="test-win"),
         "classify": build_model(
             d / "classify.onnx", task="classify", classes=("cold", "mild", "warm"), horizon=2,
@@ -91,6 +95,20 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         ),
         "nomanifest": build_model(d / "nomanifest.onnx", manifest=False),
     }
+
+
+@pytest.fixture(params=["1", "dynamic"])
+def batch(request: pytest.FixtureRequest) -> str:
+    """Both serving modes: a batch-1 export (one stream per run) and a `--batch dynamic` export
+    (the streams with a pending observation stepped together)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def step_models(models: dict[str, Path], batch: str) -> dict[str, Path]:
+    """`step` and `step2` as exported for the serving mode `batch` (same weights and ids)."""
+    suffix = "" if batch == "1" else "-dynamic"
+    return {"step": models["step" + suffix], "step2": models["step2" + suffix]}
 
 
 # ---------------------------------------------------------------------------------------------
