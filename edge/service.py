@@ -46,6 +46,7 @@ LOG_EVERY = 60.0
 MAX_UNCONFIRMED = 5000  # publications waiting for the broker before the worker stops taking
 _STOP = object()
 FATAL_EXIT = 3  # the broker refused us for good (credentials, TLS): retrying cannot help
+FAILED_EXIT = 1  # a thread the daemon needs died: systemd restarts it (Restart=on-failure)
 
 # (topic, payload, retain) -> accepted
 Publisher = Callable[[str, bytes, int], bool]
@@ -400,12 +401,23 @@ class Service:
         self.fatal = why
         self.stop()
 
+    def threads(self) -> dict[str, bool]:
+        """Whether each thread the daemon needs is alive: the worker, the MQTT supervisor (it
+        keeps paho's network thread and the connection going) and the metrics server."""
+        alive = {"worker": self.worker.is_alive(), "mqtt": self.transport.alive()}
+        if self.metrics_server is not None:
+            alive["metrics"] = self.metrics_server.alive()
+        return alive
+
     def health(self) -> dict[str, Any]:
-        ok = self.transport.connected.is_set() and self.worker.is_alive()
+        """What `/healthz` says: ok while connected and every needed thread is alive."""
+        threads = self.threads()
+        connected = self.transport.connected.is_set()
         return {
-            "ok": ok,
-            "connected": self.transport.connected.is_set(),
-            "worker": self.worker.is_alive(),
+            "ok": connected and all(threads.values()),
+            "connected": connected,
+            "worker": threads["worker"],
+            "threads": threads,
             "model": self.manifest.model_id,
             "streams": self.metrics.streams,
             "warming": self.metrics.warming,
@@ -439,16 +451,26 @@ class Service:
         self.stopping.set()
 
     def run(self) -> int:
-        """Start, wait for `stop()`, shut down in order; returns the exit status."""
+        """Start, serve until `stop()`, shut down in order; returns the exit status."""
         self.start()
+        return self.serve()
+
+    def serve(self) -> int:
+        """Main thread, after `start`: tell systemd we are ready, ping its watchdog while every
+        needed thread is alive, watch the model file; on `stop()` or a dead thread, shut down.
+        Returns the exit status: 0, FATAL_EXIT, or FAILED_EXIT when a thread died."""
         notify = self.notifier
         notify.send(READY="1", STATUS=f"serving model {self.manifest.model_id}")
         tick = min(0.5, notify.watchdog_interval or 0.5)
         status = 0
         while not self.stopping.wait(tick):
-            if not self.worker.is_alive():
-                log.error("The worker thread died; stopping")
-                status = 1
+            dead = [name for name, alive in self.threads().items() if not alive]
+            if dead and not self.stopping.is_set():
+                why = f" ({self.transport.failure})" if self.transport.failure else ""
+                log.error("The %s thread died%s; stopping with exit status %d so that the "
+                          "service manager restarts the daemon", ", ".join(dead), why,
+                          FAILED_EXIT)
+                status = FAILED_EXIT
                 break
             # The worker wakes at least once a second; a longer silence means it is stuck.
             if notify.watchdog_interval is not None and time.monotonic() - self._beat < 10.0:
