@@ -249,15 +249,27 @@ def daemon_factory(tmp_path: Path) -> Iterator[object]:
 PASSWORDS = {"edge": "edge-pw", "sensor": "sensor-pw", "viewer": "viewer-pw"}
 
 
+@pytest.fixture(scope="session")
+def tls_certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private CA and a `localhost` server certificate from deploy/mosquitto/make-certs.sh:
+    ca.crt, ca.key, server.crt, server.key."""
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is needed ('make test' installs it as root)")
+    d = tmp_path_factory.mktemp("certs")
+    subprocess.run([str(DEPLOY / "make-certs.sh"), str(d), "localhost"], check=True,
+                   capture_output=True)
+    return d
+
+
 @pytest.fixture
-def secure_broker(mosquitto_binary: str, tmp_path: Path) -> Any:
-    if shutil.which("openssl") is None or shutil.which("mosquitto_passwd") is None:
-        pytest.fail("openssl and mosquitto_passwd are needed ('make test' installs them as root)")
+def secure_broker(mosquitto_binary: str, tls_certs: Path, tmp_path: Path) -> Any:
+    if shutil.which("mosquitto_passwd") is None:
+        pytest.fail("mosquitto_passwd is needed ('make test' installs it as root)")
     d = tmp_path / "secure"
     d.mkdir()
     d.chmod(0o755)
-    subprocess.run([str(DEPLOY / "make-certs.sh"), str(d), "localhost"], check=True,
-                   capture_output=True)
+    for name in ("ca.crt", "ca.key", "server.crt", "server.key"):
+        shutil.copy(tls_certs / name, d / name)
     for key in ("server.key", "ca.key"):
         (d / key).chmod(0o644)  # readable by whichever user mosquitto runs as
     passwd = d / "passwd"

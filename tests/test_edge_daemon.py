@@ -108,6 +108,7 @@ def test_replay_several_streams_matches_stepmodel(
     health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz").read())
     assert health["ok"] is True
     assert d.stop() == 0
+    assert d.log().count("MQTT reads go through a buffered socket") == 1  # the path, once
 
 
 @pytest.mark.parametrize("version", ["3.1.1", "5"])
