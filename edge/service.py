@@ -2,7 +2,8 @@
 
 Threads: paho's network thread only enqueues (`Transport` → `Service.enqueue`); one worker thread
 owns the stream states and the onnxruntime session, so nothing needs a lock; the main thread
-waits for SIGTERM/SIGINT, pings systemd's watchdog, watches the model file, loads a replacement
+waits for SIGTERM/SIGINT, pings systemd's watchdog while every thread the daemon needs is alive
+(and exits with FAILED_EXIT when one is not), watches the model file, loads a replacement
 beside the live model and queues the swap, so the worker changes models between two messages.
 """
 

@@ -143,8 +143,9 @@ class Transport:
 
     def alive(self) -> bool:
         """True while the supervisor runs: it keeps the connection, and paho's network thread,
-        going. False once it has ended (after `close`, a fatal refusal, or an internal fault)."""
-        return self._supervisor.is_alive()
+        going. False once it has ended (after `close` or a fatal refusal) or an internal fault
+        has doomed it (`failure`)."""
+        return self._supervisor.is_alive() and self.failure is None
 
     def wait_connected(self, timeout: float) -> bool:
         return self.connected.wait(timeout)
