@@ -34,8 +34,7 @@ def store(n: int, fsync: bool) -> StateStore:
     for i in range(n):
         st = s.create(f"sensor-{i:05d}")
         st.state = [rng.normal(size=(1, 32)).astype(np.float32) for _ in range(2)]
-        st.last_t = 1.3e9
-        s.mark(f"sensor-{i:05d}")
+        s.advance(f"sensor-{i:05d}", 1.3e9)
     return s
 
 
@@ -75,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             for j in range(a.changed):
                 name = names[(k + j) % len(names)]
                 s.streams[name].state[0] += 1
-                s.mark(name)
+                s.advance(name, 1.3e9)
             k += a.changed
             if journal:
                 s.commit(d)

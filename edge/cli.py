@@ -30,7 +30,8 @@ The broker password is read from --password-file or ${PASSWORD_ENV}.
 Send 'reload', 'reset STREAM' or 'drop STREAM' to the commands topic; replacing the model file
 (atomic rename) or SIGHUP also reloads it.
 Exit status: 0 after SIGTERM/SIGINT, 2 bad arguments, config or model, 3 the broker refused the
-credentials or the TLS handshake failed (retrying would not help), 1 an internal failure.
+credentials or the TLS handshake failed (retrying would not help), 1 an internal failure (a
+thread the daemon needs died: restarting helps).
 """
 
 

@@ -11,7 +11,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -124,8 +124,22 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+REQUEST_TIMEOUT = 10.0  # seconds a connection may take to send its request
+
+
+class _Server(ThreadingHTTPServer):
+    """One daemon thread per request; a client that goes away mid-request is not an error."""
+
+    daemon_threads = True  # a stalled client never holds up shutdown
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("metrics: a request from %s failed", client_address, exc_info=True)
+
+
 class MetricsServer:
-    """Serves `/metrics` and `/healthz` from a named daemon thread (stdlib http.server)."""
+    """Serves `/metrics` and `/healthz` (stdlib http.server): a named daemon thread accepts, and
+    each request gets its own daemon thread, so a stalled scrape never holds up the health
+    check; a connection that sends nothing is closed after REQUEST_TIMEOUT."""
 
     def __init__(
         self, metrics: Metrics, host: str, port: int, health: Callable[[], dict[str, Any]]
@@ -135,6 +149,8 @@ class MetricsServer:
         server_self = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = REQUEST_TIMEOUT
+
             def do_GET(self) -> None:
                 if self.path.split("?")[0] == "/metrics":
                     body = server_self.metrics.render().encode()
@@ -156,7 +172,7 @@ class MetricsServer:
             def log_message(self, format: str, *args: Any) -> None:
                 log.debug("metrics: " + format, *args)
 
-        self.httpd = HTTPServer((host, port), Handler)
+        self.httpd = _Server((host, port), Handler)
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(
             target=self.httpd.serve_forever, name="statecast-metrics", daemon=True
@@ -164,6 +180,10 @@ class MetricsServer:
 
     def start(self) -> None:
         self.thread.start()
+
+    def alive(self) -> bool:
+        """True while the accepting thread serves."""
+        return self.thread.is_alive()
 
     def stop(self) -> None:
         self.httpd.shutdown()

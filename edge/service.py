@@ -2,7 +2,8 @@
 
 Threads: paho's network thread only enqueues (`Transport` → `Service.enqueue`); one worker thread
 owns the stream states and the onnxruntime session, so nothing needs a lock; the main thread
-waits for SIGTERM/SIGINT, pings systemd's watchdog, watches the model file, loads a replacement
+waits for SIGTERM/SIGINT, pings systemd's watchdog while every thread the daemon needs is alive
+(and exits with FAILED_EXIT when one is not), watches the model file, loads a replacement
 beside the live model and queues the swap, so the worker changes models between two messages.
 """
 
@@ -46,6 +47,7 @@ LOG_EVERY = 60.0
 MAX_UNCONFIRMED = 5000  # publications waiting for the broker before the worker stops taking
 _STOP = object()
 FATAL_EXIT = 3  # the broker refused us for good (credentials, TLS): retrying cannot help
+FAILED_EXIT = 1  # a thread the daemon needs died: systemd restarts it (Restart=on-failure)
 
 # (topic, payload, retain) -> accepted
 Publisher = Callable[[str, bytes, int], bool]
@@ -132,8 +134,7 @@ class Processor:
             fsync=config.fsync,
         )
         if store is not None and store.same_layout(fresh):
-            store.model_id = m.model_id
-            store.dirty = True
+            store.rename(m.model_id)
             fresh = store
         self.store = fresh
         self.max_gap = (
@@ -142,7 +143,8 @@ class Processor:
         self.qos = config.qos
         self._topics: dict[tuple[str, str], str] = {}
         self._last_log: dict[str, float] = {}
-        self.max_batch = config.max_batch
+        # observations admitted and waiting for their step: one per stream, at most `_limit`
+        self._limit = config.max_batch if self.runner.batched else 1
         self._pending: list[tuple[str, StreamState, Observation, str, bytes]] = []
         self._seen: set[str] = set()
 
@@ -156,35 +158,9 @@ class Processor:
         return t
 
     def handle(self, topic: str, payload: bytes) -> bool:
-        """Process one message; True if a prediction was published. Never raises."""
-        self.metrics.messages_in += 1
-        stream = UNKNOWN_STREAM
-        try:
-            if self.config.stream_field is None:
-                stream = self.router.stream(topic)
-            obs = self.decoder.decode(payload)
-            if obs.stream is not None:
-                stream = obs.stream
-            return self._accept(stream, obs, topic, payload)
-        except PayloadError as exc:
-            self.report(stream, exc.reason, exc.detail, topic, payload)
-        except Exception as exc:
-            log.exception("Unexpected failure on %s (payload %r)", topic, truncate(payload))
-            self.report(stream, "internal", f"{type(exc).__name__}: {exc}", topic, payload)
-        return False
-
-    def _accept(self, stream: str, obs: Observation, topic: str, payload: bytes) -> bool:
-        st = self._admit(stream, obs, topic, payload)
-        y = self.runner.step_one(st, obs.values, obs.t)
-        if st.last_t is None or obs.t > st.last_t:
-            st.last_t = obs.t
-        self.store.mark(stream)
-        if y is None:
-            return False
-        self.metrics.model_runs += 1
-        self.metrics.step_seconds.observe(self.runner.last_seconds)
-        self._emit(stream, obs, y)
-        return True
+        """Process one message; True if it made a forecast. Never raises. (`handle_many` with
+        one message: there is one path.)"""
+        return self.handle_many(((topic, payload),)) > 0
 
     def report(
         self,
@@ -250,21 +226,19 @@ class Processor:
             self.metrics.drop("publish_refused")
 
     def handle_many(self, messages: Sequence[tuple[str, bytes]]) -> int:
-        """Process messages in arrival order; returns the number of predictions. Never raises.
+        """Process messages in arrival order; returns the number of forecasts. Never raises.
 
-        With a dynamic-batch step graph the streams with a pending observation are stepped
-        together in one session run (micro-batching): a run holds at most one observation per
-        stream (a second one for the same stream first steps what is pending) and at most
-        `max_batch`, so each stream sees its observations in order, is checked against its
-        up-to-date state, and gets the forecasts it would get stepped alone. Otherwise this is
-        `handle` per message.
+        Every message takes the same steps: decode and route, admit (the checks against its
+        stream's state), then wait in `_pending` to be stepped (`_step_pending`: run the model,
+        tell the store, publish). With a dynamic-batch step graph the pending streams are
+        stepped together in one session run (micro-batching); otherwise each is stepped at once.
+        A run holds at most one observation per stream (a second one for the same stream first
+        steps what is pending) and at most `max_batch`, so each stream sees its observations in
+        order, is checked against its up-to-date state, and gets the forecasts it would get
+        stepped alone.
         """
-        if not self.runner.batched:
-            return sum(self.handle(topic, payload) for topic, payload in messages)
         made = 0
-        pending = self._pending
-        seen = self._seen
-        limit = self.max_batch
+        pending, seen, limit = self._pending, self._seen, self._limit
         router = self.router.stream if self.config.stream_field is None else None
         decode = self.decoder.decode
         for topic, payload in messages:
@@ -276,11 +250,13 @@ class Processor:
                 obs = decode(payload)
                 if obs.stream is not None:
                     stream = obs.stream
-                if stream in seen or len(pending) >= limit:
+                if stream in seen:
                     made += self._step_pending()
                 st = self._admit(stream, obs, topic, payload)
                 pending.append((stream, st, obs, topic, payload))
                 seen.add(stream)
+                if len(pending) >= limit:
+                    made += self._step_pending()
             except PayloadError as exc:
                 if stream in seen:  # the stream's pending forecast goes out before this error
                     made += self._step_pending()
@@ -293,39 +269,52 @@ class Processor:
         return made + self._step_pending()
 
     def _step_pending(self) -> int:
-        """Step the pending observations (distinct streams) in one run and publish them."""
+        """Step the pending observations (distinct streams), record each step in the store and
+        publish the forecasts; returns the number of forecasts. Never raises."""
         n = len(self._pending)
         if not n:
             return 0
         pending = self._pending.copy()
         self._pending.clear()
         self._seen.clear()
-        if n == 1:
-            x = pending[0][2].values.reshape(1, -1)
-        else:
-            x = np.stack([p[2].values for p in pending])
         try:
-            ys = self.runner.step_many([p[1] for p in pending], x,
-                                       np.fromiter((p[2].t for p in pending), np.float64, n))
+            ys = self._run([p[1] for p in pending], [p[2] for p in pending])
         except Exception as exc:
-            log.exception("The model failed on a batch of %d observations", n)
+            log.exception("The model failed on %d observation(s)", n)
             for stream, _, _, topic, payload in pending:
                 self.report(stream, "internal", f"{type(exc).__name__}: {exc}", topic, payload)
             return 0
-        self.store.dirty = True
-        self.metrics.model_runs += 1
-        observe = self.metrics.step_seconds.observe
-        per = self.runner.last_seconds / n
-        for i, (stream, st, obs, topic, payload) in enumerate(pending):
-            if st.last_t is None or obs.t > st.last_t:
-                st.last_t = obs.t
-            observe(per)
+        advance = self.store.advance
+        made = 0
+        for (stream, _, obs, topic, payload), y in zip(pending, ys, strict=True):
+            advance(stream, obs.t)
+            if y is None:  # a window graph still warming up
+                continue
+            made += 1
             try:
-                self._emit(stream, obs, ys[i : i + 1])
+                self._emit(stream, obs, y)
             except Exception as exc:
                 log.exception("Unexpected failure on %s (payload %r)", topic, truncate(payload))
                 self.report(stream, "internal", f"{type(exc).__name__}: {exc}", topic, payload)
-        return n
+        if made:
+            self.metrics.model_runs += 1
+            observe = self.metrics.step_seconds.observe
+            per = self.runner.last_seconds / n
+            for _ in range(made):
+                observe(per)
+        return made
+
+    def _run(self, states: list[StreamState], obs: list[Observation]) -> list[np.ndarray | None]:
+        """The one place the model runs: advance each state (distinct streams) by its
+        observation, all in one session run with a dynamic-batch graph (one at a time
+        otherwise); forecasts keep a batch dimension of 1 (None while a window graph warms up)."""
+        if not self.runner.batched:
+            return [self.runner.step_one(st, o.values, o.t)
+                    for st, o in zip(states, obs, strict=True)]
+        x = obs[0].values.reshape(1, -1) if len(obs) == 1 else np.stack([o.values for o in obs])
+        ys = self.runner.step_many(states, x, np.fromiter((o.t for o in obs), np.float64,
+                                                          len(obs)))
+        return [ys[i : i + 1] for i in range(len(states))]
 
 
 class Service:
@@ -415,12 +404,23 @@ class Service:
         self.fatal = why
         self.stop()
 
+    def threads(self) -> dict[str, bool]:
+        """Whether each thread the daemon needs is alive: the worker, the MQTT supervisor (it
+        keeps paho's network thread and the connection going) and the metrics server."""
+        alive = {"worker": self.worker.is_alive(), "mqtt": self.transport.alive()}
+        if self.metrics_server is not None:
+            alive["metrics"] = self.metrics_server.alive()
+        return alive
+
     def health(self) -> dict[str, Any]:
-        ok = self.transport.connected.is_set() and self.worker.is_alive()
+        """What `/healthz` says: ok while connected and every needed thread is alive."""
+        threads = self.threads()
+        connected = self.transport.connected.is_set()
         return {
-            "ok": ok,
-            "connected": self.transport.connected.is_set(),
-            "worker": self.worker.is_alive(),
+            "ok": connected and all(threads.values()),
+            "connected": connected,
+            "worker": threads["worker"],
+            "threads": threads,
             "model": self.manifest.model_id,
             "streams": self.metrics.streams,
             "warming": self.metrics.warming,
@@ -454,16 +454,26 @@ class Service:
         self.stopping.set()
 
     def run(self) -> int:
-        """Start, wait for `stop()`, shut down in order; returns the exit status."""
+        """Start, serve until `stop()`, shut down in order; returns the exit status."""
         self.start()
+        return self.serve()
+
+    def serve(self) -> int:
+        """Main thread, after `start`: tell systemd we are ready, ping its watchdog while every
+        needed thread is alive, watch the model file; on `stop()` or a dead thread, shut down.
+        Returns the exit status: 0, FATAL_EXIT, or FAILED_EXIT when a thread died."""
         notify = self.notifier
         notify.send(READY="1", STATUS=f"serving model {self.manifest.model_id}")
         tick = min(0.5, notify.watchdog_interval or 0.5)
         status = 0
         while not self.stopping.wait(tick):
-            if not self.worker.is_alive():
-                log.error("The worker thread died; stopping")
-                status = 1
+            dead = [name for name, alive in self.threads().items() if not alive]
+            if dead and not self.stopping.is_set():
+                why = f" ({self.transport.failure})" if self.transport.failure else ""
+                log.error("The %s thread died%s; stopping with exit status %d so that the "
+                          "service manager restarts the daemon", ", ".join(dead), why,
+                          FAILED_EXIT)
+                status = FAILED_EXIT
                 break
             # The worker wakes at least once a second; a longer silence means it is stuck.
             if notify.watchdog_interval is not None and time.monotonic() - self._beat < 10.0:
@@ -569,8 +579,7 @@ class Service:
             stream = words[1].strip()
             known = store.get(stream) is not None
             if known and verb == "reset":
-                last_t = store.streams[stream].last_t
-                store.reset(stream).last_t = last_t
+                store.reset(stream, keep_last_t=True)
                 self.metrics.reset("command")
             elif known:
                 store.drop(stream)

@@ -4,12 +4,21 @@ paho reads every packet with three recv() calls (command byte, length, body); un
 most of the network thread's time. `BufferedSocket` reads up to 64 KiB at once and hands paho
 the bytes it asks for from memory; `pending()` tells paho's loop that bytes are waiting (the same
 hook paho uses for TLS), so nothing buffered is left behind when select() sees no new data.
+
+This is the daemon's one reach into paho's private API (`Client._create_socket`). pyproject.toml
+pins paho-mqtt to the minor release that tests/test_edge_sockbuf.py drives through it (split
+packets, many packets per read, TLS); `buffer_reads` logs which read path is active.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 from typing import Any
+
+import paho.mqtt
+
+log = logging.getLogger(__name__)
 
 CHUNK = 65536
 
@@ -61,12 +70,16 @@ class BufferedSocket:
 
 
 def buffer_reads(client: Any) -> bool:
-    """Make `client` (a paho-mqtt 2.x Client) read through a BufferedSocket, with TCP_NODELAY
-    set on every connection it opens. paho has no public hook for this: it wraps the
-    client's socket factory, `_create_socket` (paho 2.0–2.x, pinned in pyproject.toml), and does
-    nothing — returns False, plain paho — if a paho release no longer has it."""
+    """Make `client` (a paho-mqtt Client) read through a BufferedSocket, with TCP_NODELAY set
+    on every connection it opens; logs which path is active. paho has no public hook for this:
+    it wraps the client's socket factory, `_create_socket`, and does nothing — returns False,
+    paho's plain (slower) reads — if a paho release no longer has it."""
+    version = getattr(paho.mqtt, "__version__", "?")
     create = getattr(client, "_create_socket", None)
     if create is None or not callable(create):
+        log.warning("paho-mqtt %s has no Client._create_socket: MQTT reads take paho's plain "
+                    "path (three recv() calls per packet, slower); the buffered socket is tested "
+                    "with the paho-mqtt release pinned in pyproject.toml", version)
         return False
 
     def buffered() -> BufferedSocket:
@@ -77,4 +90,5 @@ def buffer_reads(client: Any) -> bool:
         return BufferedSocket(sock)
 
     client._create_socket = buffered
+    log.info("MQTT reads go through a buffered socket (paho-mqtt %s)", version)
     return True

@@ -29,9 +29,10 @@ import tempfile
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from urllib.parse import quote, unquote
 
 import numpy as np
@@ -69,7 +70,11 @@ class StreamState:
 
 
 class StateStore:
-    """The states of all streams of one model; owned by a single worker thread (no locks)."""
+    """The states of all streams of one model; owned by a single worker thread (no locks).
+
+    It alone keeps the bookkeeping (what changed since the last commit, what is least recently
+    used): callers say what happened (`advance`, `reset`, `drop`) and never edit it themselves.
+    """
 
     def __init__(
         self,
@@ -87,18 +92,29 @@ class StateStore:
         self.lookback = lookback
         self.n_features = n_features
         self.max_streams = max_streams
-        self.streams: OrderedDict[str, StreamState] = OrderedDict()  # least recently used first
-        self.dirty = False
+        self._streams: OrderedDict[str, StreamState] = OrderedDict()  # least recently used first
+        self._dirty = False  # something to write: changed or evicted streams, a new model id
         self.ttl = ttl
         self.max_resident = max_resident
         self.fsync = fsync
         self.directory: Path | None = None  # set by load/save: where commits and spills go
         self.seq = 0  # sequence number of the last commit
-        self.changed: set[str] = set()  # streams changed since the last commit
-        self.evicted: list[str] = []  # evicted since the last commit
+        self._changed: set[str] = set()  # streams changed since the last commit
+        self._evicted: list[str] = []  # evicted or dropped since the last commit
         self.restored = 0  # streams read back from spill files
         self.evictions = 0
         self._journal_bytes = 0
+
+    @property
+    def streams(self) -> Mapping[str, StreamState]:
+        """The resident streams, least recently used first (read-only: changes go through
+        `create`, `advance`, `reset`, `drop` and `evict`, which keep the bookkeeping)."""
+        return MappingProxyType(self._streams)
+
+    @property
+    def dirty(self) -> bool:
+        """True while something awaits the next commit."""
+        return self._dirty
 
     def new(self) -> StreamState:
         window = None
@@ -107,30 +123,47 @@ class StateStore:
         return StreamState(state=[z.copy() for z in self._zero], window=window)
 
     def get(self, stream: str) -> StreamState | None:
-        st = self.streams.get(stream)
+        st = self._streams.get(stream)
         if st is None and self.directory is not None and (self.ttl or self.max_resident):
             st = self._unspill(stream)
         return st
 
     def create(self, stream: str) -> StreamState:
-        if len(self.streams) >= self.max_streams:
+        if len(self._streams) >= self.max_streams:
             raise EdgeError(f"the daemon already tracks {self.max_streams} streams")
-        st = self.streams[stream] = self.new()
+        st = self._streams[stream] = self.new()
         return st
 
-    def reset(self, stream: str) -> StreamState:
-        """Zero a stream's state (its last timestamp is kept by the caller if it wants)."""
-        st = self.streams[stream] = self.new()
-        self.mark(stream)
+    def reset(self, stream: str, *, keep_last_t: bool = False) -> StreamState:
+        """Zero a stream's state (a gap, a `reset` command), recorded for the next commit; with
+        `keep_last_t` its last timestamp stays, so older observations are still refused."""
+        last_t = self._streams[stream].last_t if keep_last_t else None
+        st = self._streams[stream] = self.new()
+        st.last_t = last_t
+        self._touch(stream, st)
         return st
 
-    def mark(self, stream: str) -> None:
-        """Record that `stream` changed: the next commit writes it; it becomes most recent."""
-        st = self.streams[stream]
+    def advance(self, stream: str, t: float) -> None:
+        """Record that `stream` was stepped by an observation at `t` (epoch seconds): its last
+        timestamp moves forward (never back: `late = "accept"` steps older ones too), the next
+        commit writes it, and it becomes the most recently used. The only way a step is
+        recorded, whatever path stepped it."""
+        st = self._streams[stream]
+        if st.last_t is None or t > st.last_t:
+            st.last_t = t
+        self._touch(stream, st)
+
+    def rename(self, model_id: str) -> None:
+        """Keep these states for another model with the same layout (a reload): they belong to
+        `model_id` from now on, and the next commit must write them under it."""
+        self.model_id = model_id
+        self._dirty = True
+
+    def _touch(self, stream: str, st: StreamState) -> None:
         st.used = time.monotonic()
-        self.streams.move_to_end(stream)
-        self.changed.add(stream)
-        self.dirty = True
+        self._streams.move_to_end(stream)
+        self._changed.add(stream)
+        self._dirty = True
 
     # -- eviction ------------------------------------------------------------------------------
 
@@ -142,21 +175,21 @@ class StateStore:
             return 0
         now = time.monotonic() if now is None else now
         victims: list[str] = []
-        excess = len(self.streams) - self.max_resident if self.max_resident else 0
-        for name, st in self.streams.items():  # least recently used first
+        excess = len(self._streams) - self.max_resident if self.max_resident else 0
+        for name, st in self._streams.items():  # least recently used first
             if len(victims) < excess or (self.ttl and now - st.used > self.ttl):
                 victims.append(name)
             else:
                 break
         for name in victims:
-            st = self.streams[name]
+            st = self._streams[name]
             if self.directory is not None:
                 self._spill(name, st)
-            del self.streams[name]
-            self.changed.discard(name)
-            self.evicted.append(name)
+            del self._streams[name]
+            self._changed.discard(name)
+            self._evicted.append(name)
         if victims:
-            self.dirty = True
+            self._dirty = True
             self.evictions += len(victims)
         return len(victims)
 
@@ -185,14 +218,14 @@ class StateStore:
             return None
         st = frames[0][1][stream]
         st.used = time.monotonic()
-        self.streams[stream] = st
+        self._streams[stream] = st
         self.restored += 1
         return st
 
     def drop(self, stream: str) -> bool:
         """Forget a stream entirely, in memory and on disk (it starts afresh if it comes back);
         False if unknown. The next commit records it like an eviction."""
-        known = self.streams.pop(stream, None) is not None
+        known = self._streams.pop(stream, None) is not None
         if self.directory is not None:
             try:
                 self._spill_path(stream).unlink()
@@ -201,9 +234,9 @@ class StateStore:
                 pass
         if not known:
             return False
-        self.changed.discard(stream)
-        self.evicted.append(stream)
-        self.dirty = True
+        self._changed.discard(stream)
+        self._evicted.append(stream)
+        self._dirty = True
         return True
 
     def same_layout(self, other: StateStore) -> bool:
@@ -215,13 +248,13 @@ class StateStore:
         )
 
     def __len__(self) -> int:
-        return len(self.streams)
+        return len(self._streams)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.streams)
+        return iter(self._streams)
 
     def warming(self) -> int:
-        return sum(1 for st in self.streams.values() if st.warming)
+        return sum(1 for st in self._streams.values() if st.warming)
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -240,12 +273,12 @@ class StateStore:
         if snapshot or self._journal_bytes >= COMPACT_BYTES:
             path = self.save(directory)
             return path.stat().st_size
-        if not self.changed and not self.evicted:
-            self.dirty = False
+        if not self._changed and not self._evicted:
+            self._dirty = False
             return 0
         self.seq += 1
         frame = self._frame(
-            {n: self.streams[n] for n in self.changed if n in self.streams}, self.evicted
+            {n: self._streams[n] for n in self._changed if n in self._streams}, self._evicted
         )
         directory.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.journal_path(directory), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -256,9 +289,9 @@ class StateStore:
         finally:
             os.close(fd)
         self._journal_bytes += len(frame)
-        self.changed.clear()
-        self.evicted.clear()
-        self.dirty = False
+        self._changed.clear()
+        self._evicted.clear()
+        self._dirty = False
         return len(frame)
 
     def _frame(self, updates: dict[str, StreamState], evicted: list[str]) -> bytes:
@@ -326,8 +359,8 @@ class StateStore:
         """Write all states atomically (temporary file, fsync, rename); returns the path."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        names = list(self.streams)
-        states = [self.streams[n] for n in names]
+        names = list(self._streams)
+        states = [self._streams[n] for n in names]
         header = {
             "format": CHECKPOINT_FORMAT,
             "model_id": self.model_id,
@@ -364,10 +397,10 @@ class StateStore:
         with contextlib.suppress(FileNotFoundError):
             os.truncate(self.journal_path(directory), 0)
         self._journal_bytes = 0
-        self.changed.clear()
-        self.evicted.clear()
+        self._changed.clear()
+        self._evicted.clear()
         self.directory = directory
-        self.dirty = False
+        self._dirty = False
         return target
 
     def load(self, directory: str | Path) -> int:
@@ -456,12 +489,12 @@ class StateStore:
         now = time.monotonic()
         for st in streams.values():
             st.used = now
-        self.streams = streams
+        self._streams = streams
         self.seq = seq
         self._journal_bytes = good
-        self.changed.clear()
-        self.evicted.clear()
-        self.dirty = False
+        self._changed.clear()
+        self._evicted.clear()
+        self._dirty = False
         return len(streams)
 
 

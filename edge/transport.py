@@ -9,6 +9,10 @@ paho's return codes become exceptions or log lines here and go no further.
 Faults that retrying cannot mend end the connection for good and set `fatal` (one sentence): the
 broker refusing the credentials, a failed TLS handshake, or a broker that keeps closing the
 connection before it answers CONNECT (a plain client on a TLS listener, or the reverse).
+
+An unexpected exception in the supervisor, or in one of our callbacks on paho's network thread
+(which would end that thread silently: no disconnect callback, nothing reconnects), is logged,
+sets `failure` and ends the supervisor; `alive()` turns False, and the daemon exits for a restart.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ class Transport:
         self.config = config
         self.on_fatal = on_fatal
         self.fatal: str | None = None
+        self.failure: str | None = None  # an internal fault ended the supervisor (see alive)
         self._early_closes = 0
         self._connack = False
         self._denied_logged = 0.0
@@ -121,13 +126,13 @@ class Transport:
                     "on the path can read and forge messages. Use ca_file in production."
                 )
         client.will_set(status_topic, offline, qos=1, retain=True)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
+        client.on_connect = self._guarded(self._on_connect)
+        client.on_disconnect = self._guarded(self._on_disconnect)
+        client.on_message = self._guarded(self._on_message)
         if self.v5 and config.qos > 0:
             # Only an MQTT 5 PUBACK can carry a refusal; for QoS 0 paho would build a reason
             # code and a property set per message just to call this.
-            client.on_publish = self._on_publish
+            client.on_publish = self._guarded(self._on_publish)
         self.command_topic = config.commands.format(client_id=config.client_id)
         self.client = client
 
@@ -135,6 +140,12 @@ class Transport:
 
     def start(self) -> None:
         self._supervisor.start()
+
+    def alive(self) -> bool:
+        """True while the supervisor runs: it keeps the connection, and paho's network thread,
+        going. False once it has ended (after `close` or a fatal refusal) or an internal fault
+        has doomed it (`failure`)."""
+        return self._supervisor.is_alive() and self.failure is None
 
     def wait_connected(self, timeout: float) -> bool:
         return self.connected.wait(timeout)
@@ -147,7 +158,7 @@ class Transport:
         """Publish `offline` (retained), flush what is queued, disconnect, stop the threads."""
         self._closing.set()
         deadline = time.monotonic() + timeout
-        if self.connected.is_set():
+        if self.connected.is_set() and self.failure is None:  # else the broker sends the will
             info = self.client.publish(self.status_topic, self.offline, qos=1, retain=True)
             try:
                 info.wait_for_publish(max(0.1, deadline - time.monotonic()))
@@ -192,6 +203,21 @@ class Transport:
             self.client.ack(mid, qos)
 
     # -- paho callbacks (network thread: keep short) -------------------------------------------
+
+    def _guarded(self, callback: Callable[..., None]) -> Callable[..., None]:
+        """`callback` for paho, made safe: an exception would end paho's network thread without
+        a disconnect callback (a connection that nothing serves or mends), so it is logged and
+        ends the supervisor instead, which the daemon sees as a dead MQTT thread."""
+        name = callback.__name__
+
+        def run(*args: Any) -> None:
+            try:
+                callback(*args)
+            except Exception as exc:
+                log.exception("The MQTT callback %s failed", name)
+                self._broken(f"the MQTT callback {name} failed ({type(exc).__name__}: {exc})")
+
+        return run
 
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
@@ -291,12 +317,28 @@ class Transport:
         if self.fatal is None:
             self.fatal = why
             log.error("%s", why)
+        if self.on_fatal is not None:  # first: the daemon is stopping before this thread ends
+            self.on_fatal(why)
         self._closing.set()
         self._down.set()
-        if self.on_fatal is not None:
-            self.on_fatal(why)
+
+    def _broken(self, why: str) -> None:
+        """End the supervisor after an internal fault (the daemon exits and is restarted)."""
+        if self.failure is None:
+            self.failure = why
+        self._closing.set()
+        self._down.set()
 
     def _supervise(self) -> None:
+        """The supervisor thread: connect and reconnect until `close`. An unexpected exception
+        ends it, logged, with `failure` set: nothing would reconnect any more."""
+        try:
+            self._reconnect_loop()
+        except Exception as exc:
+            log.exception("The MQTT supervisor failed; nothing reconnects any more")
+            self._broken(f"the MQTT supervisor failed ({type(exc).__name__}: {exc})")
+
+    def _reconnect_loop(self) -> None:
         where = f"{self.url.host}:{self.url.port}"
         while not self._closing.is_set():
             self._down.clear()

@@ -80,6 +80,10 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         "step": build_model(d / "step.onnx", model_id="test-step"),
         "step2": build_model(d / "step2.onnx", model_id="test-step-other", seed=1),
+        # the same two models exported with `--batch dynamic` (same weights, same ids)
+        "step-dynamic": build_model(d / "step-dyn.onnx", model_id="test-step", batch="dynamic"),
+        "step2-dynamic": build_model(d / "step2-dyn.onnx", model_id="test-step-other", seed=1,
+                                     batch="dynamic"),
         "window": build_model(d / "window.onnx", kind="window", lookback=4, model_id="test-win"),
         "classify": build_model(
             d / "classify.onnx", task="classify", classes=("cold", "mild", "warm"), horizon=2,
@@ -91,6 +95,20 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         ),
         "nomanifest": build_model(d / "nomanifest.onnx", manifest=False),
     }
+
+
+@pytest.fixture(params=["1", "dynamic"])
+def batch(request: pytest.FixtureRequest) -> str:
+    """Both serving modes: a batch-1 export (one stream per run) and a `--batch dynamic` export
+    (the streams with a pending observation stepped together)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def step_models(models: dict[str, Path], batch: str) -> dict[str, Path]:
+    """`step` and `step2` as exported for the serving mode `batch` (same weights and ids)."""
+    suffix = "" if batch == "1" else "-dynamic"
+    return {"step": models["step" + suffix], "step2": models["step2" + suffix]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,15 +249,27 @@ def daemon_factory(tmp_path: Path) -> Iterator[object]:
 PASSWORDS = {"edge": "edge-pw", "sensor": "sensor-pw", "viewer": "viewer-pw"}
 
 
+@pytest.fixture(scope="session")
+def tls_certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private CA and a `localhost` server certificate from deploy/mosquitto/make-certs.sh:
+    ca.crt, ca.key, server.crt, server.key."""
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is needed ('make test' installs it as root)")
+    d = tmp_path_factory.mktemp("certs")
+    subprocess.run([str(DEPLOY / "make-certs.sh"), str(d), "localhost"], check=True,
+                   capture_output=True)
+    return d
+
+
 @pytest.fixture
-def secure_broker(mosquitto_binary: str, tmp_path: Path) -> Any:
-    if shutil.which("openssl") is None or shutil.which("mosquitto_passwd") is None:
-        pytest.fail("openssl and mosquitto_passwd are needed ('make test' installs them as root)")
+def secure_broker(mosquitto_binary: str, tls_certs: Path, tmp_path: Path) -> Any:
+    if shutil.which("mosquitto_passwd") is None:
+        pytest.fail("mosquitto_passwd is needed ('make test' installs it as root)")
     d = tmp_path / "secure"
     d.mkdir()
     d.chmod(0o755)
-    subprocess.run([str(DEPLOY / "make-certs.sh"), str(d), "localhost"], check=True,
-                   capture_output=True)
+    for name in ("ca.crt", "ca.key", "server.crt", "server.key"):
+        shutil.copy(tls_certs / name, d / name)
     for key in ("server.key", "ca.key"):
         (d / key).chmod(0o644)  # readable by whichever user mosquitto runs as
     passwd = d / "passwd"

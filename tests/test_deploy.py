@@ -25,6 +25,7 @@ import yaml
 from conftest import PASSWORDS, ROOT, Daemon, free_port, tls_client
 
 from edge.notify import Notifier
+from edge.service import FAILED_EXIT
 
 DEPLOY = ROOT / "deploy"
 UNIT = DEPLOY / "systemd" / "statecast-edge.service"
@@ -119,6 +120,7 @@ def test_unit_is_a_hardened_notify_service() -> None:
     assert svc["User"] == "statecast" and svc["StateDirectory"] == "statecast"
     assert svc["Restart"] == "on-failure"
     assert set(svc["RestartPreventExitStatus"].split()) >= {"2", "3"}
+    assert str(FAILED_EXIT) not in svc["RestartPreventExitStatus"].split()  # a dead thread
     for key, value in [("ProtectSystem", "strict"), ("ProtectHome", "true"),
                        ("NoNewPrivileges", "true"), ("PrivateTmp", "true")]:
         assert svc[key] == value, key

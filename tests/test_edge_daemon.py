@@ -108,6 +108,7 @@ def test_replay_several_streams_matches_stepmodel(
     health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz").read())
     assert health["ok"] is True
     assert d.stop() == 0
+    assert d.log().count("MQTT reads go through a buffered socket") == 1  # the path, once
 
 
 @pytest.mark.parametrize("version", ["3.1.1", "5"])
@@ -155,8 +156,8 @@ def test_bad_input_is_reported_and_harmless(
 
 @pytest.mark.parametrize("version", ["3.1.1", "5"])
 def test_restart_continues_exactly(
-    broker: Mosquitto, models: dict[str, Path], tmp_path: Path, daemon_factory: Any,
-    collector_factory: Any, version: str,
+    broker: Mosquitto, models: dict[str, Path], step_models: dict[str, Path], tmp_path: Path,
+    daemon_factory: Any, collector_factory: Any, version: str,
 ) -> None:
     """SIGTERM (offline + checkpoint), messages sent while down arrive (persistent session),
     then kill -9 after a quiet second: the forecasts are those of one uninterrupted run."""
@@ -167,7 +168,7 @@ def test_restart_continues_exactly(
     with data.open("w", newline="") as fh:
         csv.writer(fh).writerows([("date", "temp"), *rows])
     col = collector_factory(broker, [f"{cid}-out/#", f"{cid}-err/#", f"statecast/status/{cid}"])
-    args = daemon_args(models["step"], broker, cid, "--state-dir", str(state),
+    args = daemon_args(step_models["step"], broker, cid, "--state-dir", str(state),
                        "--mqtt-version", version)
     topic = f"{cid}/{{stream}}/temp"
     common = ("--time-col", "date", "--stream", "s")
@@ -199,20 +200,20 @@ def test_restart_continues_exactly(
 
 
 def test_other_model_ignores_checkpoint(
-    broker: Mosquitto, models: dict[str, Path], tmp_path: Path, daemon_factory: Any,
-    collector_factory: Any,
+    broker: Mosquitto, models: dict[str, Path], step_models: dict[str, Path], tmp_path: Path,
+    daemon_factory: Any, collector_factory: Any,
 ) -> None:
     cid = f"e{uuid.uuid4().hex[:8]}"
     state = tmp_path / "state"
     col = collector_factory(broker, [f"{cid}-out/#", f"statecast/status/{cid}"])
     d = start(daemon_factory, col, cid,
-              *daemon_args(models["step"], broker, cid, "--state-dir", str(state)))
+              *daemon_args(step_models["step"], broker, cid, "--state-dir", str(state)))
     pub = publisher(broker)
     pub.publish(f"{cid}/s/temp", '{"ts": "2010-01-01T00:00:00", "temp": 40}', qos=1)
     col.wait_for(f"{cid}-out/", 1)
     assert d.stop() == 0
     d = start(daemon_factory, col, cid,
-              *daemon_args(models["step2"], broker, cid, "--state-dir", str(state)))
+              *daemon_args(step_models["step2"], broker, cid, "--state-dir", str(state)))
     mark = col.mark()
     pub.publish(f"{cid}/s/temp", '{"ts": "2010-01-01T00:00:00", "temp": 40}', qos=1)
     (pred,) = col.wait_for(f"{cid}-out/", 1, since=mark)
@@ -224,8 +225,8 @@ def test_other_model_ignores_checkpoint(
 
 
 def test_broker_restart_is_survived(
-    own_broker: Mosquitto, models: dict[str, Path], tmp_path: Path, daemon_factory: Any,
-    collector_factory: Any,
+    own_broker: Mosquitto, models: dict[str, Path], step_models: dict[str, Path], tmp_path: Path,
+    daemon_factory: Any, collector_factory: Any,
 ) -> None:
     cid = f"e{uuid.uuid4().hex[:8]}"
     rows = seattle(40, 300)
@@ -233,7 +234,7 @@ def test_broker_restart_is_survived(
     with data.open("w", newline="") as fh:
         csv.writer(fh).writerows([("date", "temp"), *rows])
     col = collector_factory(own_broker, [f"{cid}-out/#", f"statecast/status/{cid}"])
-    d = start(daemon_factory, col, cid, *daemon_args(models["step"], own_broker, cid))
+    d = start(daemon_factory, col, cid, *daemon_args(step_models["step"], own_broker, cid))
     common = ("--time-col", "date", "--stream", "s")
     replay(own_broker, data, f"{cid}/{{stream}}/temp", *common, "--count", "20")
     assert len(col.wait_for(f"{cid}-out/", 20)) == 20

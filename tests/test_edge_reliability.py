@@ -1,5 +1,6 @@
 """Reliability end to end: crashes, broker faults, floods and hostile input against a real
-mosquitto and the daemon as a subprocess (issue 7)."""
+mosquitto and the daemon as a subprocess. Every test that a state could fail runs over both
+serving modes (`batch`): a batch-1 export and a `--batch dynamic` export."""
 
 from __future__ import annotations
 
@@ -105,12 +106,13 @@ def check_exactly(
 
 
 def test_sigkill_at_random_moments_steps_each_observation_once(
-    broker: Mosquitto, models: dict[str, Path], tmp_path: Path, daemon_factory: Any,
-    collector_factory: Any,
+    broker: Mosquitto, models: dict[str, Path], step_models: dict[str, Path], tmp_path: Path,
+    daemon_factory: Any, collector_factory: Any,
 ) -> None:
     """A publisher streams 3 sensors at QoS 1 while the daemon is killed with SIGKILL at random
-    moments 24 times and restarted each time; afterwards the distinct (stream, ts) predictions
-    and the final states equal those of one uninterrupted run."""
+    moments 24 times and restarted each time (the publisher carries on while it is down);
+    afterwards the distinct (stream, ts) predictions and the final states equal those of one
+    uninterrupted run. With a dynamic-batch export the three streams are stepped together."""
     cid = f"k{uuid.uuid4().hex[:8]}"
     state = tmp_path / "state"
     rng = random.Random(7)
@@ -119,7 +121,7 @@ def test_sigkill_at_random_moments_steps_each_observation_once(
     rows = {s: series(i, 2000) for i, s in enumerate(streams)}
     sent: dict[str, list[tuple[str, float]]] = {s: [] for s in streams}
     col = collector_factory(broker, [f"{cid}-out/#", f"{cid}-err/#", f"statecast/status/{cid}"])
-    argv = args(models["step"], broker, cid, "--state-dir", str(state))
+    argv = args(step_models["step"], broker, cid, "--state-dir", str(state))
 
     mark = col.mark()
     d = daemon_factory(*argv)
@@ -227,7 +229,8 @@ def wait_all(col: Collector, prefix: str, n: int, timeout: float = 60.0) -> None
 
 
 def test_broker_restart_with_persistence_loses_nothing(
-    own_broker: Mosquitto, models: dict[str, Path], tmp_path: Path, daemon_factory: Any,
+    own_broker: Mosquitto, models: dict[str, Path], step_models: dict[str, Path], tmp_path: Path,
+    daemon_factory: Any,
 ) -> None:
     """mosquitto (persistence on) is stopped and restarted twice in the middle of a QoS 1
     stream; the daemon reconnects and every observation gets exactly its prediction."""
@@ -243,7 +246,7 @@ def test_broker_restart_with_persistence_loses_nothing(
                               f"{cid}-collector")
     try:
         mark = col.mark()
-        d = daemon_factory(*args(models["step"], own_broker, cid, "--state-dir",
+        d = daemon_factory(*args(step_models["step"], own_broker, cid, "--state-dir",
                                  str(tmp_path / "state")))
         wait_online(col, cid, mark, d)
         pub = publisher(own_broker, f"{cid}-pub", persistent=True)
@@ -346,8 +349,8 @@ class Proxy:
 
 
 def test_proxy_drops_and_stalls_reconnect_with_backoff_and_lose_nothing(
-    broker: Mosquitto, models: dict[str, Path], tmp_path: Path, daemon_factory: Any,
-    collector_factory: Any,
+    broker: Mosquitto, models: dict[str, Path], step_models: dict[str, Path], tmp_path: Path,
+    daemon_factory: Any, collector_factory: Any,
 ) -> None:
     """Between daemon and broker, a proxy drops the connection, then stalls it (the daemon's
     keepalive notices), then refuses connections for 2.5 s: the daemon reconnects each time,
@@ -359,7 +362,7 @@ def test_proxy_drops_and_stalls_reconnect_with_backoff_and_lose_nothing(
     col = collector_factory(broker, [f"{cid}-out/#", f"statecast/status/{cid}"])
     try:
         mark = col.mark()
-        d = daemon_factory("--config", str(cfg), *args(models["step"], proxy.url, cid,
+        d = daemon_factory("--config", str(cfg), *args(step_models["step"], proxy.url, cid,
                            "--state-dir", str(tmp_path / "state")))
         wait_online(col, cid, mark, d)
         pub = publisher(broker)
@@ -408,7 +411,8 @@ def test_qos0_flood_drops_newest_counts_and_stays_small(
 ) -> None:
     """60,000 QoS 0 observations as fast as one paho client sends them into a daemon with a
     200-message queue: what does not fit is dropped as `queue_full` and counted, every message
-    is either taken in or counted, and the daemon's memory does not grow with the flood."""
+    is either taken in or counted, and the daemon's memory does not grow with the flood. (Batch-1
+    export only: QoS 0 keeps no state, and the queue bound is the same in both serving modes.)"""
     cid = f"f{uuid.uuid4().hex[:8]}"
     n = 60_000
     cfg = tmp_path / "edge.toml"
@@ -452,26 +456,28 @@ def test_qos0_flood_drops_newest_counts_and_stays_small(
 
 
 def test_qos1_flood_and_resumed_backlog_stay_small(
-    broker: Mosquitto, models: dict[str, Path], tmp_path: Path, daemon_factory: Any,
-    collector_factory: Any,
+    broker: Mosquitto, models: dict[str, Path], step_models: dict[str, Path], tmp_path: Path,
+    daemon_factory: Any, collector_factory: Any,
 ) -> None:
-    """A publisher sends 8,000 QoS 1 observations as fast as it can to a running MQTT 5 daemon,
-    then 8,000 more while it is down, which mosquitto pushes at once when the session resumes:
-    the daemon's memory stays small and every observation gets its prediction, exactly.
+    """A publisher sends 8,000 QoS 1 observations of 4 interleaved streams as fast as it can to a
+    running MQTT 5 daemon, then 8,000 more while it is down, which mosquitto pushes at once when
+    the session resumes: the daemon's memory stays small and every observation gets its
+    prediction, exactly.
 
     The queue depth is printed, not asserted: mosquitto 2.0.11 sends a manual-ack client more
     unacknowledged QoS 1 messages than its receive-maximum (1000), live and on resume."""
     cid = f"q{uuid.uuid4().hex[:8]}"
     port = free_port()
     col = collector_factory(broker, [f"{cid}-out/#", f"statecast/status/{cid}"])
-    argv = [*args(models["step"], broker, cid, "--mqtt-version", "5", "--state-dir",
+    argv = [*args(step_models["step"], broker, cid, "--mqtt-version", "5", "--state-dir",
                   str(tmp_path / "state")), "--metrics-port", str(port)]
     mark = col.mark()
     d = daemon_factory(*argv)
     wait_online(col, cid, mark, d)
     pub = publisher(broker)
     n = 8000
-    rows = series(0, 2 * n)
+    rows = {f"s{i}": series(i, 2 * n // 4) for i in range(4)}
+    order = [(s, rows[s][i]) for i in range(2 * n // 4) for s in rows]
 
     def sample(until: int) -> tuple[int, int, int]:
         depth = base = peak = 0
@@ -486,12 +492,12 @@ def test_qos1_flood_and_resumed_backlog_stay_small(
             time.sleep(0.02)
         return depth, base, peak
 
-    infos = [pub.publish(f"{cid}/s/temp", json.dumps({"ts": ts, "temp": v}), qos=1)
-             for ts, v in rows[:n]]
+    infos = [pub.publish(f"{cid}/{s}/temp", json.dumps({"ts": ts, "temp": v}), qos=1)
+             for s, (ts, v) in order[:n]]
     live_depth, base, peak = sample(n)
     assert d.stop() == 0  # the session stays; the backlog queues in the broker
-    infos += [pub.publish(f"{cid}/s/temp", json.dumps({"ts": ts, "temp": v}), qos=1)
-              for ts, v in rows[n:]]
+    infos += [pub.publish(f"{cid}/{s}/temp", json.dumps({"ts": ts, "temp": v}), qos=1)
+              for s, (ts, v) in order[n:]]
     for info in infos:
         info.wait_for_publish(30)
     d = daemon_factory(*argv)
@@ -499,7 +505,7 @@ def test_qos1_flood_and_resumed_backlog_stay_small(
     assert d.stop() == 0
     pub.disconnect()
     pub.loop_stop()
-    check_exactly(predictions_by_key(col, f"{cid}-out/"), models["step"], {"s": rows})
+    check_exactly(predictions_by_key(col, f"{cid}-out/"), models["step"], rows)
     print(f"qos1: live queue depth <= {live_depth}, RSS {base} -> {peak} KiB; resumed backlog "
           f"of {n}: depth {resume_depth}, RSS peak {resume_peak} KiB")
     assert peak - base < 40 * 1024 and resume_peak - base < 40 * 1024, (base, peak, resume_peak)
@@ -508,10 +514,13 @@ def test_qos1_flood_and_resumed_backlog_stay_small(
 # -- 5. eviction keeps forecasts exact ------------------------------------------------------------
 
 
-def test_evicted_streams_come_back_exactly(models: dict[str, Path], tmp_path: Path) -> None:
-    """Five interleaved streams, at most two in memory, commits after each message and a restart
-    halfway: every forecast equals an uninterrupted run's, as if nothing was ever evicted."""
-    cfg = EdgeConfig(model=str(models["step"]), subscribe=("x/+/temp",), client_id="t",
+def test_evicted_streams_come_back_exactly(
+    step_models: dict[str, Path], models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Five interleaved streams, at most two in memory, commits after each round and a restart
+    halfway: every forecast equals an uninterrupted run's, as if nothing was ever evicted. Each
+    round goes to the processor at once, so a dynamic-batch export steps the streams together."""
+    cfg = EdgeConfig(model=str(step_models["step"]), subscribe=("x/+/temp",), client_id="t",
                      max_resident=2, stream_ttl=3600.0, state_dir=str(tmp_path))
     out: list[dict[str, Any]] = []
 
@@ -532,12 +541,14 @@ def test_evicted_streams_come_back_exactly(models: dict[str, Path], tmp_path: Pa
         if i == 20:
             proc = processor()  # a restart: nothing resident, everything comes from disk
             assert len(proc.store) == 2
-        for s in streams:
-            ts, v = rows[s][i]
-            assert proc.handle(f"x/{s}/temp", json.dumps({"ts": ts, "temp": v}).encode())
-            proc.store.evict()
-            proc.store.commit(tmp_path)
-            assert len(proc.store) <= 2
+        made = proc.handle_many([
+            (f"x/{s}/temp", json.dumps({"ts": rows[s][i][0], "temp": rows[s][i][1]}).encode())
+            for s in streams
+        ])
+        assert made == len(streams)
+        proc.store.evict()
+        proc.store.commit(tmp_path)
+        assert len(proc.store) <= 2
     assert proc.store.restored > 0 and proc.store.evictions > 0
     got = {(p["stream"], p["ts"]): [p["forecast"]] for p in out}
     check_exactly(got, models["step"], rows)

@@ -1,7 +1,8 @@
 """Model rollout on a running daemon: file replacement, the commands topic, rejected files.
 
-Real mosquitto, the daemon as a subprocess, real ONNX models; expected values come from stepping
-the models directly with `StepModel`.
+Real mosquitto, the daemon as a subprocess, real ONNX models, each test over a batch-1 and a
+`--batch dynamic` export (`step_models`); expected values come from stepping the models directly
+with `StepModel`.
 """
 
 from __future__ import annotations
@@ -102,15 +103,11 @@ def temps(n: int, seed: int = 0) -> list[float]:
     return list(np.round(50 + 10 * np.sin(np.arange(n) / 5) + rng.normal(0, 1, n), 2))
 
 
-@pytest.mark.parametrize("batch", ["1", "dynamic"])
 def test_file_replaced_mid_stream_no_loss_no_duplicate_state_kept(
-    broker: Mosquitto, tmp_path: Path, daemon_factory: Any, collector_factory: Any, batch: str,
+    broker: Mosquitto, step_models: dict[str, Path], tmp_path: Path, daemon_factory: Any,
+    collector_factory: Any,
 ) -> None:
-    models = {  # with a dynamic batch the daemon steps the two streams together
-        "step": build_model(tmp_path / "a.onnx", model_id="test-step", batch=batch),
-        "step2": build_model(tmp_path / "b.onnx", model_id="test-step-other", seed=1,
-                             batch=batch),
-    }
+    models = step_models  # with a dynamic batch the daemon steps the two streams together
     rig = Rig(broker, models["step"], tmp_path, daemon_factory, collector_factory)
     series = temps(300)
     sent = threading.Event()
@@ -152,10 +149,10 @@ def test_file_replaced_mid_stream_no_loss_no_duplicate_state_kept(
 
 
 def test_corrupt_or_mismatched_file_is_rejected_and_old_model_serves(
-    broker: Mosquitto, models: dict[str, Path], tmp_path: Path, daemon_factory: Any,
-    collector_factory: Any,
+    broker: Mosquitto, models: dict[str, Path], step_models: dict[str, Path], tmp_path: Path,
+    daemon_factory: Any, collector_factory: Any,
 ) -> None:
-    rig = Rig(broker, models["step"], tmp_path, daemon_factory, collector_factory)
+    rig = Rig(broker, step_models["step"], tmp_path, daemon_factory, collector_factory)
     series = temps(12, seed=1)
     for ts in range(6):
         rig.send("g1", ts, series[ts])
@@ -178,12 +175,13 @@ def test_corrupt_or_mismatched_file_is_rejected_and_old_model_serves(
 
 
 def test_commands_reload_reset_drop(
-    broker: Mosquitto, models: dict[str, Path], tmp_path: Path, daemon_factory: Any,
-    collector_factory: Any,
+    broker: Mosquitto, models: dict[str, Path], step_models: dict[str, Path], tmp_path: Path,
+    daemon_factory: Any, collector_factory: Any,
 ) -> None:
     window = build_model(tmp_path / "window.onnx", kind="window", lookback=3,
                          model_id="test-win-reload")
-    rig = Rig(broker, models["step"], tmp_path, daemon_factory, collector_factory)
+    rig = Rig(broker, step_models["step"], tmp_path, daemon_factory, collector_factory,
+              "--state-dir", str(tmp_path / "state"))
     series = temps(20, seed=2)
     for ts in range(5):
         rig.send("a", ts, series[ts])
@@ -227,9 +225,10 @@ def test_commands_reload_reset_drop(
 
 
 def test_swap_then_restart_continues_from_the_new_models_checkpoint(
-    broker: Mosquitto, models: dict[str, Path], tmp_path: Path, daemon_factory: Any,
+    broker: Mosquitto, step_models: dict[str, Path], tmp_path: Path, daemon_factory: Any,
     collector_factory: Any,
 ) -> None:
+    models = step_models
     rig = Rig(broker, models["step"], tmp_path, daemon_factory, collector_factory,
               "--state-dir", str(tmp_path / "state"))
     series = temps(30, seed=3)

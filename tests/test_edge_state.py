@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import Sink
 
+from edge.config import EdgeConfig
+from edge.service import Processor, load_model
 from edge.state import StateStore, checkpoint_name
 
 
@@ -111,9 +115,8 @@ def test_checkpoint_is_not_pickled(tmp_path: Path) -> None:
 def _step(s: StateStore, name: str, t: float) -> None:
     st = s.get(name) or s.create(name)
     st.state = [x + 1 for x in st.state]
-    st.last_t = t
     st.count += 1
-    s.mark(name)
+    s.advance(name, t)
 
 
 def test_commit_appends_only_changed_streams_and_replays(tmp_path: Path) -> None:
@@ -211,10 +214,46 @@ def test_journal_roundtrip_window(tmp_path: Path) -> None:
     assert st.window is not None
     st.window[:] = np.arange(8, dtype=np.float32).reshape(4, 2)
     st.filled = 3
-    st.last_t = 7.0
-    s.mark("w")
+    s.advance("w", 7.0)
     s.commit(tmp_path)
     t = _store(lookback=4)
     assert t.load(tmp_path) == 1
     assert t.streams["w"].filled == 3 and t.streams["w"].last_t == 7.0
     np.testing.assert_array_equal(t.streams["w"].window, st.window)
+
+
+# -- the processor tells the store about every step, in both serving modes --------------------
+
+
+def test_every_stepped_stream_is_committed_and_stays_recent(
+    step_models: dict[str, Path], tmp_path: Path, batch: str
+) -> None:
+    """Three streams stepped together (dynamic batch) or one by one (batch 1), committed after
+    each round: none of them counts as idle right after its step, and a restart restores every
+    state exactly."""
+    cfg = EdgeConfig(model=str(step_models["step"]), subscribe=("x/+/temp",), client_id="t",
+                     state_dir=str(tmp_path), stream_ttl=60.0)
+
+    def processor() -> Processor:
+        model, freq = load_model(cfg)
+        proc = Processor(cfg, model, freq, Sink())
+        proc.store.load(tmp_path)
+        return proc
+
+    proc = processor()
+    for hour in range(5):
+        proc.handle_many([
+            (f"x/s{i}/temp", json.dumps({"ts": hour * 3600, "temp": 40.0 + i + hour}).encode())
+            for i in range(3)
+        ])
+        assert proc.store.evict(now=time.monotonic() + 30.0) == 0  # idle for 30 s < ttl 60 s
+        proc.store.commit(tmp_path)
+    assert proc.metrics.predictions_out == 15
+    assert proc.metrics.model_runs == (5 if batch == "dynamic" else 15)
+    restarted = processor()
+    assert sorted(restarted.store) == ["s0", "s1", "s2"]
+    for name in ("s0", "s1", "s2"):
+        want, got = proc.store.streams[name], restarted.store.streams[name]
+        assert (got.last_t, got.count) == (want.last_t, want.count) == (4 * 3600.0, 5)
+        for x, y in zip(got.state, want.state, strict=True):
+            np.testing.assert_array_equal(x, y)
