@@ -1,0 +1,152 @@
+"""A real seasonal-memory run (hist/count state, time input) through the daemon: SIGKILL and
+restart, eviction to disk and back, in both serving modes; forecasts equal one uninterrupted
+stepping of the graph with the observations' times."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import Mosquitto
+from test_edge_reliability import args, predictions_by_key, publisher, series, wait_online
+
+from edge.model import StepModel
+from edge.state import StateStore
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def seasonal_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny trained run with seasonal memory and a calendar, exported batch 1 and dynamic."""
+    from export.api import export_model
+    from trainer.config import TrainConfig
+    from trainer.run import train
+
+    d = tmp_path_factory.mktemp("seasonal-edge")
+    t = np.arange(600)
+    df = pd.DataFrame({
+        "date": pd.date_range("2024-01-01", periods=600, freq="h").strftime("%Y-%m-%d %H:%M"),
+        "temp": (50 + 10 * np.sin(2 * np.pi * t / 24)).round(3)})
+    df.to_csv(d / "d.csv", index=False)
+    train(TrainConfig(data=d / "d.csv", targets=["temp"], out=d / "run", time_col="date",
+                      horizon=3, season=24, structure="seasonal", calendar=True, lookback=12,
+                      layers=1, units=8, epochs=2, batch_size=8, quiet=True), log=lambda _: None)
+    out = {b: d / f"seasonal-{b}.onnx" for b in ("1", "dynamic")}
+    for b, path in out.items():
+        m = export_model(d / "run", path, batch=b)
+        assert m.time_input == "t" and m.warmup == 24
+    return out
+
+
+def epoch(ts: str) -> float:
+    return datetime.fromisoformat(ts).replace(tzinfo=timezone.utc).timestamp()
+
+
+def reference(model: Path, rows: list[tuple[str, float]]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """One uninterrupted stepping of the graph over `rows`, with their times."""
+    xs = np.array([v for _, v in rows], np.float32).reshape(-1, 1)
+    ts = np.array([epoch(t) for t, _ in rows])
+    return StepModel(model).run_sequence(xs, ts=ts)
+
+
+@pytest.mark.parametrize("batch", ["1", "dynamic"])
+def test_sigkill_keeps_the_seasonal_memory(
+    broker: Mosquitto, seasonal_models: dict[str, Path], batch: str, tmp_path: Path,
+    daemon_factory: Any, collector_factory: Any,
+) -> None:
+    """Killed with SIGKILL 6 times while 3 streams publish at QoS 1: every forecast and the final
+    hist/count/h/c states equal one uninterrupted run's."""
+    model = seasonal_models[batch]
+    cid = f"sk{uuid.uuid4().hex[:8]}"
+    state = tmp_path / "state"
+    streams = [f"s{i}" for i in range(3)]
+    rows = {s: series(i, 400) for i, s in enumerate(streams)}
+    col = collector_factory(broker, [f"{cid}-out/#", f"{cid}-err/#", f"statecast/status/{cid}"])
+    argv = args(model, broker, cid, "--state-dir", str(state), "--qos", "1")
+    mark = col.mark()
+    d = daemon_factory(*argv)
+    wait_online(col, cid, mark, d)
+    pub = publisher(broker)
+    done = threading.Event()
+
+    def publish() -> None:
+        for i in range(400):
+            for s in streams:
+                ts, v = rows[s][i]
+                pub.publish(f"{cid}/{s}/temp", f'{{"ts": "{ts}", "temp": {v}}}', qos=1)
+            time.sleep(0.004)
+        done.set()
+
+    thread = threading.Thread(target=publish, name="test-publisher")
+    thread.start()
+    try:
+        for _ in range(6):
+            time.sleep(0.25)
+            d.stop(signal.SIGKILL)
+            mark = col.mark()
+            d = daemon_factory(*argv)
+            wait_online(col, cid, mark, d)
+    finally:
+        thread.join()
+    n = 3 * 400
+    deadline = time.monotonic() + 60
+    while len(predictions_by_key(col, f"{cid}-out/")) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert d.stop() == 0
+    pub.disconnect()
+    pub.loop_stop()
+    got = predictions_by_key(col, f"{cid}-out/")
+    assert len(got) == n, d.log()[-3000:]
+    sm = StepModel(model)
+    store = StateStore(sm.manifest.model_id, sm.zero_state())
+    assert store.load(state) == len(streams)
+    for s in streams:
+        want, final = reference(model, rows[s])
+        mine = np.array([got[(s, ts)][0] for ts, _ in rows[s]])
+        np.testing.assert_allclose(mine, want, atol=1e-5, rtol=0)
+        names = [st.input for st in sm.manifest.state]
+        for name, x, y in zip(names, store.streams[s].state, final, strict=True):
+            np.testing.assert_allclose(x, y, atol=1e-6, rtol=0, err_msg=name)
+        assert store.streams[s].state[names.index("count")][0, 0] == 24.0  # memory full
+
+
+@pytest.mark.parametrize("batch", ["1", "dynamic"])
+def test_evicted_seasonal_streams_come_back_exactly(
+    broker: Mosquitto, seasonal_models: dict[str, Path], batch: str, tmp_path: Path,
+    daemon_factory: Any, collector_factory: Any,
+) -> None:
+    """With room for one resident stream, two streams evict each other to disk on every message;
+    their seasonal memory comes back exactly."""
+    model = seasonal_models[batch]
+    cid = f"ev{uuid.uuid4().hex[:8]}"
+    streams = ["a", "b"]
+    rows = {s: series(i + 5, 80) for i, s in enumerate(streams)}
+    col = collector_factory(broker, [f"{cid}-out/#", f"statecast/status/{cid}"])
+    mark = col.mark()
+    d = daemon_factory(*args(model, broker, cid, "--state-dir", str(tmp_path / "st"),
+                             "--max-resident", "1", "--qos", "1"))
+    wait_online(col, cid, mark, d)
+    pub = publisher(broker)
+    for i in range(80):
+        for s in streams:
+            ts, v = rows[s][i]
+            pub.publish(f"{cid}/{s}/temp", f'{{"ts": "{ts}", "temp": {v}}}', qos=1)
+    got = col.wait_for(f"{cid}-out/", 160, timeout=60)
+    assert len(got) == 160, d.log()[-3000:]
+    assert d.stop() == 0
+    pub.disconnect()
+    pub.loop_stop()
+    by_key = predictions_by_key(col, f"{cid}-out/")
+    for s in streams:
+        want, _ = reference(model, rows[s])
+        mine = np.array([by_key[(s, ts)][0] for ts, _ in rows[s]])
+        np.testing.assert_allclose(mine, want, atol=1e-5, rtol=0)
