@@ -40,29 +40,35 @@ def derived_inputs(b: Builder, st: Structure) -> tuple[str, str]:
                           axis=1))
     if st.level:
         cols.append(z)
-    for lag in [1, *st.seasons]:
-        prev = b.op1("Gather", [HIST, b.const(f"pos_{lag}", n - lag, np.int64)], f"d{lag}",
-                     axis=1)
-        seen = b.op1("GreaterOrEqual", [COUNT, b.const(f"lag_{lag}", float(lag))], f"d{lag}")
-        valid = b.op1("Cast", [seen], f"d{lag}", to=TensorProto.FLOAT)
-        cols.append(b.op1("Mul", [b.op1("Sub", [z, prev], f"d{lag}"), valid], f"d{lag}"))
+    axes1 = b.const("axes1", [1], np.int64)
+    newest = b.op1("Unsqueeze", [z, axes1], "hist")  # [B, 1, K]
+    lags = [1, *st.seasons]
+    # one Gather for every lag: z(t - lag) sits at position N - lag of the memory
+    prev = b.op1("Gather", [HIST, b.const("lag_pos", [n - lag for lag in lags], np.int64)],
+                 "lags", axis=1)  # [B, L, K]
+    seen = b.op1("GreaterOrEqual", [COUNT, b.const("lags", np.asarray(lags, np.float32))],
+                 "lags")  # [B, L]: a difference whose lag reaches before the first observation
+    valid = b.op1("Unsqueeze", [b.op1("Cast", [seen], "lags", to=TensorProto.FLOAT),
+                                b.const("axes_last", [-1], np.int64)], "lags")
+    diffs = b.op1("Mul", [b.op1("Sub", [newest, prev], "lags"), valid], "lags")
+    cols.append(b.op1("Reshape", [diffs, b.const("lags_shape", [0, len(lags) * k], np.int64)],
+                      "lags"))  # lag-major, as trainer/structure.py orders them
     if st.calendar:
         b.add_input(TIME, [b.batch_dim, 1], TensorProto.DOUBLE)
         periods = np.asarray(st.calendar, np.float64)
         phase = b.op1("Mod", [TIME, b.const("periods", periods, np.float64)], "calendar", fmod=1)
         phase = b.op1("Mul", [phase, b.const("to_radians", 2 * np.pi / periods, np.float64)],
                       "calendar")
-        phase = b.op1("Cast", [phase], "calendar", to=TensorProto.FLOAT)
-        last = b.const("axes_last", [-1], np.int64)
-        sin = b.op1("Unsqueeze", [b.op1("Sin", [phase], "calendar"), last], "calendar")
-        cos = b.op1("Unsqueeze", [b.op1("Cos", [phase], "calendar"), last], "calendar")
-        pairs = b.op1("Concat", [sin, cos], "calendar", axis=-1)  # [B, P, 2]: sin, cos per P
+        phase = b.op1("Cast", [phase], "calendar", to=TensorProto.FLOAT)  # [B, P]
+        # sin and cos in one Sin: cos(a) = sin(a + pi/2); [B, P, 2] → sin, cos per period
+        pairs = b.op1("Add", [b.op1("Unsqueeze", [phase, b.const("axes_last", [-1], np.int64)],
+                                    "calendar"),
+                              b.const("quarter_turn", [0.0, np.pi / 2])], "calendar")
+        pairs = b.op1("Sin", [pairs], "calendar")
         cols.append(b.op1("Reshape", [pairs, b.const("cal_shape", [0, 2 * len(periods)],
                                                      np.int64)], "calendar"))
     derived = cols[0] if len(cols) == 1 else b.op1("Concat", cols, "derived", axis=1)
 
-    axes1 = b.const("axes1", [1], np.int64)
-    newest = b.op1("Unsqueeze", [z, axes1], "hist")
     if n > 1:
         older = b.op1("Slice", [HIST, b.const("one_i", [1], np.int64),
                                 b.const("n_i", [n], np.int64), axes1], "hist")
