@@ -42,12 +42,15 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/structure_step.json")
     args = p.parse_args()
 
+    import onnx
+
     from edge.model import StepModel
     from export.api import export_model
     from trainer.config import TrainConfig
     from trainer.run import train
 
     models: dict[str, StepModel] = {}
+    nodes: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, kw in VARIANTS.items():
             run = Path(tmp) / name.replace(" ", "_")
@@ -56,6 +59,7 @@ def main() -> int:
                   log=lambda _: None)
             export_model(run, run / "m.onnx")
             models[name] = StepModel(run / "m.onnx")
+            nodes[name] = len(onnx.load(str(run / "m.onnx")).graph.node)
         x = np.array([50.0], np.float32)
         fns: dict[str, Callable[[], Any]] = {}
         for name, m in models.items():
@@ -66,14 +70,11 @@ def main() -> int:
     print(f"{'graph':<46} {'nodes':>5} {'step µs':>8} {'ratio':>6} {'IOBinding µs':>13} "
           f"{'ratio':>6}")
     rows = []
-    import onnx
-
-    for name, m in models.items():
-        nodes = len(onnx.load(str(m.path)).graph.node)
+    for name in models:
         a, b = us[f"{name} | step"], us[f"{name} | iobinding"]
         ra, rb = a / us["plain | step"], b / us["plain | iobinding"]
-        print(f"{name:<46} {nodes:>5} {a:>8.1f} {ra:>5.2f}x {b:>13.1f} {rb:>5.2f}x")
-        rows.append({"graph": name, "nodes": nodes, "step_us": a, "step_ratio": ra,
+        print(f"{name:<46} {nodes[name]:>5} {a:>8.1f} {ra:>5.2f}x {b:>13.1f} {rb:>5.2f}x")
+        rows.append({"graph": name, "nodes": nodes[name], "step_us": a, "step_ratio": ra,
                      "iobinding_us": b, "iobinding_ratio": rb})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"repeats": args.repeats, "load": os.getloadavg(),
