@@ -115,8 +115,9 @@ def _structure_fields(lay: Layout) -> dict[str, Any]:
             "description": st.describe(), "memory": st.memory, "seasons": list(st.seasons),
             "base_lag": st.base_lag, "log": st.log, "level": st.level,
             "inputs": st.input_names(),
-            "state": {"hist": "the last `memory` target values (log if `log`), oldest first",
-                      "count": "observations seen, capped at `memory`"},
+            "state": {"hist": "the last `memory` target values (log if `log`), oldest first; "
+                              "a fresh stream's memory holds its first value",
+                      "seen": "0 for a fresh stream, 1 once it has had an observation"},
         },
     }
 

@@ -227,14 +227,13 @@ def build_graph(model: Any, *, kind: str, batch: str, opset: int, layout: Layout
     b = Builder(kind, 1 if batch == "1" else "batch")
     n_feat = int(model.inputs[0].shape[-1])
     st = layout.structure if layout is not None else None
-    z = ""
     if st is not None:
         if kind != "step":
             raise ExportError("a run with seasonal memory exports as a step graph only; "
                               "drop --kind window")
         assert layout is not None
         b.add_input("x", [b.batch_dim, len(layout.features)])
-        derived, z = derived_inputs(b, st)
+        derived, _ = derived_inputs(b, st)
         start = Tensor(b.op1("Unsqueeze", [derived, b.const("axes0", [0], np.int64)], "x"),
                        n_feat, "enc", 1)
     elif kind == "step":
@@ -256,7 +255,7 @@ def build_graph(model: Any, *, kind: str, batch: str, opset: int, layout: Layout
     if st is not None:
         if not walker.y_folded:
             raise ExportError("a run with seasonal memory must end in a linear Dense layer")
-        y = add_base(b, st, y, z, [-1, *[int(d or 1) for d in layout.output_shape(1)[1:]]])
+        y = add_base(b, st, y, [-1, *[int(d or 1) for d in layout.output_shape(1)[1:]]])
     _rename_output(b, y, "y")
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)]
     outputs += b.state_outputs

@@ -1,11 +1,12 @@
 """ONNX nodes for a run's structure (trainer/structure.py) around the LSTM of a step graph.
 
 Two more state tensors carry what the net must not forget: ``hist`` [B, N, K], the last N target
-values (in the space they are forecast in, oldest first), and ``count`` [B, 1], the observations
-seen (capped at N). Before the LSTM the graph derives its inputs from ``x``, ``hist``, ``count``
-and, with a calendar, the input ``t`` (epoch seconds, float64); after it, it adds the base
-forecast gathered from the updated ``hist`` and undoes the log. `structure_reference` is the
-same computation in numpy and Keras, which the export proof compares the graph against.
+values (in the space they are forecast in, oldest first), and ``seen`` [B, 1, 1], 0 for a fresh
+stream and 1 once it has had an observation: a fresh stream's memory is filled with its first
+value. Before the LSTM the graph derives its inputs from ``x``, ``hist`` and, with a calendar, the
+input ``t`` (epoch seconds, float64); after it, it adds the base forecast gathered from the
+updated ``hist`` and undoes the log. `structure_reference` is the same computation in numpy and
+Keras, which the export proof compares the graph against.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from edge.model import StepModel
 from export.graph import Builder
 from trainer.structure import LOG_FLOOR, Structure
 
-HIST, COUNT, TIME = "hist", "count", "t"
+HIST, SEEN, TIME = "hist", "seen", "t"
 
 
 def derived_inputs(b: Builder, st: Structure) -> tuple[str, str]:
@@ -29,28 +30,27 @@ def derived_inputs(b: Builder, st: Structure) -> tuple[str, str]:
     Returns the derived tensor and z [B, K], the targets as forecast (for the base)."""
     n, k = st.memory, len(st.targets)
     b.add_input(HIST, [b.batch_dim, n, k])
-    b.add_input(COUNT, [b.batch_dim, 1])
+    b.add_input(SEEN, [b.batch_dim, 1, 1])
     x_t = b.op1("Gather", ["x", b.const("target_idx", st.targets, np.int64)], "z", axis=1)
     z = x_t
     if st.log:
         z = b.op1("Log", [b.op1("Max", [x_t, b.const("log_floor", LOG_FLOOR)], "z")], "z")
+    axes1 = b.const("axes1", [1], np.int64)
+    newest = b.op1("Unsqueeze", [z, axes1], "hist")  # [B, 1, K]
+    # a fresh stream's memory holds its first value everywhere
+    started = b.op1("Greater", [SEEN, b.const("zero", 0.0)], "hist")
+    hist = b.op1("Where", [started, HIST, newest], "hist")
     cols = []
     if st.others:
         cols.append(b.op1("Gather", ["x", b.const("other_idx", st.others, np.int64)], "x",
                           axis=1))
     if st.level:
         cols.append(z)
-    axes1 = b.const("axes1", [1], np.int64)
-    newest = b.op1("Unsqueeze", [z, axes1], "hist")  # [B, 1, K]
     lags = [1, *st.seasons]
     # one Gather for every lag: z(t - lag) sits at position N - lag of the memory
-    prev = b.op1("Gather", [HIST, b.const("lag_pos", [n - lag for lag in lags], np.int64)],
+    prev = b.op1("Gather", [hist, b.const("lag_pos", [n - lag for lag in lags], np.int64)],
                  "lags", axis=1)  # [B, L, K]
-    seen = b.op1("GreaterOrEqual", [COUNT, b.const("lags", np.asarray(lags, np.float32))],
-                 "lags")  # [B, L]: a difference whose lag reaches before the first observation
-    valid = b.op1("Unsqueeze", [b.op1("Cast", [seen], "lags", to=TensorProto.FLOAT),
-                                b.const("axes_last", [-1], np.int64)], "lags")
-    diffs = b.op1("Mul", [b.op1("Sub", [newest, prev], "lags"), valid], "lags")
+    diffs = b.op1("Sub", [newest, prev], "lags")
     cols.append(b.op1("Reshape", [diffs, b.const("lags_shape", [0, len(lags) * k], np.int64)],
                       "lags"))  # lag-major, as trainer/structure.py orders them
     if st.calendar:
@@ -70,41 +70,36 @@ def derived_inputs(b: Builder, st: Structure) -> tuple[str, str]:
     derived = cols[0] if len(cols) == 1 else b.op1("Concat", cols, "derived", axis=1)
 
     if n > 1:
-        older = b.op1("Slice", [HIST, b.const("one_i", [1], np.int64),
+        older = b.op1("Slice", [hist, b.const("one_i", [1], np.int64),
                                 b.const("n_i", [n], np.int64), axes1], "hist")
         b.op("Concat", [older, newest], "hist", outputs=[HIST + "_out"], axis=1)
     else:
         b.op("Identity", [newest], "hist", outputs=[HIST + "_out"])
-    grown = b.op1("Add", [COUNT, b.const("one", 1.0)], "count")
-    b.op("Min", [grown, b.const("memory", float(n))], "count", outputs=[COUNT + "_out"])
-    for name, shape in ((HIST, [b.batch_dim, n, k]), (COUNT, [b.batch_dim, 1])):
+    b.op("Max", [SEEN, b.const("one", 1.0)], "seen", outputs=[SEEN + "_out"])
+    for name, shape in ((HIST, [b.batch_dim, n, k]), (SEEN, [b.batch_dim, 1, 1])):
         b.state_outputs.append(
             helper.make_tensor_value_info(name + "_out", TensorProto.FLOAT, shape))
     return derived, z
 
 
-def add_base(b: Builder, st: Structure, y: str, z: str, out_shape: list[int]) -> str:
-    """y (corrections [B, H] or [B, H, K]) + the base forecast, out of log space."""
-    h, k = st.horizon, len(st.targets)
-    n = st.memory
-    yk = b.op1("Reshape", [y, b.const("shape_hk", [-1, h, k], np.int64)], "base")
-    pos = (n - 1 + st.base_positions()).astype(np.int64)
-    gathered = b.op1("Gather", [HIST + "_out", b.const("base_pos", pos, np.int64)], "base",
-                     axis=1)  # [B, H, K]
-    ready = b.op1("GreaterOrEqual", [COUNT + "_out", b.const("base_lag", float(st.base_lag))],
-                  "base")
-    ready = b.op1("Unsqueeze", [ready, b.const("axes_last", [-1], np.int64)], "base")
-    last = b.op1("Unsqueeze", [z, b.const("axes1", [1], np.int64)], "base")
-    zb = b.op1("Where", [ready, gathered, last], "base")
-    out = b.op1("Add", [yk, zb], "base")
+def add_base(b: Builder, st: Structure, y: str, out_shape: list[int]) -> str:
+    """y (corrections, [B, H] or [B, H, K] as the output is laid out) + the base forecast read
+    from the updated memory, out of log space."""
+    h = st.horizon
+    pos = (st.memory - 1 + st.base_positions()).astype(np.int64)
+    base = b.op1("Gather", [HIST + "_out", b.const("base_pos", pos, np.int64)], "base",
+                 axis=1)  # [B, H, K]
+    if len(out_shape) == 2:  # one target: y is [B, H]
+        base = b.op1("Reshape", [base, b.const("shape_h", [-1, h], np.int64)], "base")
+    out = b.op1("Add", [y, base], "base")
     if st.log:
         out = b.op1("Exp", [out], "base")
-    return b.op1("Reshape", [out, b.const("shape_out", out_shape, np.int64)], "base")
+    return out
 
 
 def state_shapes(st: Structure) -> list[tuple[str, str, tuple[int, ...]]]:
     """The structure's state pairs (without the batch dimension)."""
-    return [(HIST, HIST + "_out", (st.memory, len(st.targets))), (COUNT, COUNT + "_out", (1,))]
+    return [(HIST, HIST + "_out", (st.memory, len(st.targets))), (SEEN, SEEN + "_out", (1, 1))]
 
 
 def structure_reference(model: Any, st: Structure, xs: np.ndarray,

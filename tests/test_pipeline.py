@@ -71,7 +71,7 @@ def test_daemon_forecasts_equal_keras_on_every_stream(
     manifest = StepModel(onnx_path).manifest
     assert manifest.kind == "step" and manifest.horizon == 3 and manifest.freq == "1h"
     # the default run is chosen on validation; on these temperatures seasonal memory wins
-    assert [s.input for s in manifest.state][-2:] == ["hist", "count"], manifest.structure
+    assert [s.input for s in manifest.state][-2:] == ["hist", "seen"], manifest.structure
     table = pd.read_csv(DATA)
     streams = {"north": 0, "south": 4000}  # two streams replaying different stretches
     n = 120

@@ -27,10 +27,11 @@ def test_derived_inputs_follow_the_definition_by_hand() -> None:
     d = st.derive(x, None)
     # columns: level, change since the last step, change since three steps ago
     assert d[:, 0].tolist() == [1, 2, 4, 7, 11]
-    assert d[:, 1].tolist() == [0, 1, 2, 3, 4]  # 0 where there is no previous value
-    assert d[:, 2].tolist() == [0, 0, 0, 6, 9]  # 7-1, 11-2
-    # base for h=1, 2: the value one season before the target, the last value until 3 seen
-    assert st.base(x)[:, :, 0].tolist() == [[1, 1], [2, 2], [1, 2], [2, 4], [4, 7]]
+    assert d[:, 1].tolist() == [0, 1, 2, 3, 4]
+    # before the first observation the memory holds the first value: 2-1, 4-1, then 7-1, 11-2
+    assert d[:, 2].tolist() == [0, 1, 3, 6, 9]
+    # base for h=1, 2: the value one season before the target (the first value before that)
+    assert st.base(x)[:, :, 0].tolist() == [[1, 1], [1, 1], [1, 2], [2, 4], [4, 7]]
 
 
 def test_log_and_calendar_inputs_by_hand() -> None:
@@ -85,10 +86,10 @@ def test_the_run_records_its_structure(seasonal_run: Path) -> None:
 def test_the_graph_reproduces_the_trainers_held_out_forecasts(
     seasonal_run: Path, tmp_path: Path, batch: str
 ) -> None:
-    """Stepped from a stream's first observation, the graph with its hist/count state and time
+    """Stepped from a stream's first observation, the graph with its hist/seen state and time
     input gives the forecasts the trainer scored on the held-out tail."""
     m = export_model(seasonal_run, tmp_path / "m.onnx", batch=batch)
-    assert [s.input for s in m.state][-2:] == ["hist", "count"]
+    assert [s.input for s in m.state][-2:] == ["hist", "seen"]
     assert m.time_input == "t" and m.warmup == 24
     df = pd.read_csv(seasonal_run.parent / "trend.csv")
     times = pd.to_datetime(df["date"]).to_numpy().astype("datetime64[s]").astype(np.int64)

@@ -1,4 +1,4 @@
-"""A real seasonal-memory run (hist/count state, time input) through the daemon: SIGKILL and
+"""A real seasonal-memory run (hist/seen state, time input) through the daemon: SIGKILL and
 restart, eviction to disk and back, in both serving modes; forecasts equal one uninterrupted
 stepping of the graph with the observations' times."""
 
@@ -64,7 +64,7 @@ def test_sigkill_keeps_the_seasonal_memory(
     daemon_factory: Any, collector_factory: Any,
 ) -> None:
     """Killed with SIGKILL 6 times while 3 streams publish at QoS 1: every forecast and the final
-    hist/count/h/c states equal one uninterrupted run's."""
+    hist/seen/h/c states equal one uninterrupted run's."""
     model = seasonal_models[batch]
     cid = f"sk{uuid.uuid4().hex[:8]}"
     state = tmp_path / "state"
@@ -116,7 +116,7 @@ def test_sigkill_keeps_the_seasonal_memory(
         names = [st.input for st in sm.manifest.state]
         for name, x, y in zip(names, store.streams[s].state, final, strict=True):
             np.testing.assert_allclose(x, y, atol=1e-6, rtol=0, err_msg=name)
-        assert store.streams[s].state[names.index("count")][0, 0] == 24.0  # memory full
+        assert store.streams[s].state[names.index("seen")].item() == 1.0
 
 
 @pytest.mark.parametrize("batch", ["1", "dynamic"])

@@ -2,14 +2,14 @@
 
 ES-RNN (Smyl, M4) showed that a recurrent net forecasts well when the state it cannot forget —
 level and seasonality — is kept outside the net and the net learns corrections. Here that state is
-a memory of the last N target values (N = the longest season, or 1) and a count of observations:
+a memory of the last N target values (N = the longest season, or 1), filled with the stream's
+first value when it starts (a value before the first observation reads as the first observation):
 
 - inputs: the other features, the target level (``level``), its change since the last step and
   since one season ago for every season, and sin/cos of the time's phase in each calendar period;
-  a difference whose lag reaches before the stream's first observation is 0;
 - output: the net predicts, per horizon step h, the correction to a *base* forecast: the value one
   ``base_lag`` back (``z(t + h - L*ceil(h/L))``: seasonal naive for L = a season, persistence for
-  L = 1), or the last value while fewer than L observations were seen;
+  L = 1);
 - ``log``: targets are forecast in log space (multiplicative trend and seasonality).
 
 `derive` and `base` are the numpy reference of what `export/` builds as ONNX nodes: a segment's
@@ -105,11 +105,9 @@ class Structure:
         cols = [x[:, self.others]]
         if self.level:
             cols.append(z)
+        rows = np.arange(n)
         for lag in [1, *self.seasons]:
-            d = np.zeros_like(z)
-            if n > lag:
-                d[lag:] = z[lag:] - z[:-lag]
-            cols.append(d)
+            cols.append(z - z[np.maximum(rows - lag, 0)])
         if self.calendar:
             if t is None:
                 raise ValueError("a structure with a calendar needs the times")
@@ -128,11 +126,8 @@ class Structure:
     def base(self, x: np.ndarray) -> np.ndarray:
         """[T, H, K] the base forecast (in z units) after each row of a segment from its start."""
         z = self.z(x)
-        n = len(z)
-        rows = np.arange(n)[:, None] + self.base_positions()[None, :]
-        ready = (np.arange(n) + 1 >= self.base_lag)[:, None]
-        rows = np.where(ready, rows, np.arange(n)[:, None])
-        return z[rows]
+        rows = np.arange(len(z))[:, None] + self.base_positions()[None, :]
+        return z[np.maximum(rows, 0)]
 
     def scaled_inputs(self, x: np.ndarray, t: np.ndarray | None) -> np.ndarray:
         d = self.derive(x, t)
