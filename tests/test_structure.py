@@ -23,7 +23,7 @@ from trainer.structure import Structure, default_seasons
 
 def test_derived_inputs_follow_the_definition_by_hand() -> None:
     x = np.array([[1.0], [2.0], [4.0], [7.0], [11.0]])
-    st = Structure(features=["v"], targets=[0], horizon=2, seasons=[3], base_lag=3)
+    st = Structure(features=["v"], targets=[0], horizon=2, seasons=[3], base_lag=3, level=True)
     d = st.derive(x, None)
     # columns: level, change since the last step, change since three steps ago
     assert d[:, 0].tolist() == [1, 2, 4, 7, 11]
@@ -195,3 +195,22 @@ def test_monthly_data_keep_their_calendar_months(tmp_path: Path) -> None:
     spec = RunSpec.load(out)
     assert spec.freq == "MS" and spec.seasons == [12]
     assert spec.data["rows"] == 60  # not re-binned into 31-day periods
+
+
+def test_an_ensemble_is_one_wider_lstm_equal_to_the_mean_of_its_members() -> None:
+    import keras
+
+    from trainer.ensemble import merge
+    from trainer.models import ModelShape, build_model
+
+    shape = ModelShape(arch="lstm", features=3, horizon=2, per_step=1, activation=None,
+                       layers=2, units=4, dropout=0.0)
+    members = []
+    for seed in range(3):
+        keras.utils.set_random_seed(seed)
+        members.append(build_model(shape, sequences=True))
+    x = np.random.default_rng(0).normal(size=(2, 30, 3)).astype(np.float32)
+    want = np.mean([np.asarray(m(x)) for m in members], axis=0)
+    merged = merge(members, shape)
+    assert merged.get_layer("lstm_1").units == 12
+    np.testing.assert_allclose(np.asarray(merged(x)), want, atol=1e-5)

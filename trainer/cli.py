@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
       "(default); plain: the LSTM alone; seasonal: seasonal memory on the first season")
     a("--calendar", action=argparse.BooleanOptionalAction, default=None,
       help="time-of-week/-year inputs from the timestamps (default: where the period suggests)")
+    a("--ensemble", type=int, default=1,
+      help="train the chosen model with N seeds and average them inside one wider LSTM, "
+      "kept when it forecasts better on validation (default 1)")
     a("--log", dest="log_target", action=argparse.BooleanOptionalAction, default=None,
       help="forecast log(target) (default: tried when every target value is positive)")
     a("--test-frac", type=float, default=0.2, help="held-out tail of every series (0.2)")
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size, season=args.season, test_frac=args.test_frac,
             patience=args.patience, learning_rate=args.learning_rate, seed=args.seed,
             residual=args.residual, quiet=args.quiet, structure=args.structure,
-            calendar=args.calendar, log_target=args.log_target,
+            calendar=args.calendar, log_target=args.log_target, ensemble=args.ensemble,
         )
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         from trainer.evaluate import summary_lines

@@ -36,6 +36,7 @@ class TrainConfig:
     structure: str = "auto"  # auto (chosen on validation) | plain | seasonal
     calendar: bool | None = None  # None: time-of-week/-year inputs where the grid suggests them
     log_target: bool | None = None  # None: tried when every target value is positive
+    ensemble: int = 1  # seeds of the chosen candidate averaged in one model (kept if it helps)
     test_frac: float = 0.2
     val_frac: float = 0.1
     patience: int = 12
@@ -59,6 +60,7 @@ class TrainConfig:
             ("--horizon", self.horizon, 1), ("--lookback", self.lookback, 1),
             ("--layers", self.layers, 1), ("--units", self.units, 1),
             ("--epochs", self.epochs, 1), ("--max-gap", self.max_gap, 0),
+            ("--ensemble", self.ensemble, 1),
         ):
             if value < low:
                 raise TrainError(f"{name} must be at least {low}, not {value}")

@@ -27,7 +27,16 @@ from trainer.data import Dataset, load_dataset
 from trainer.errors import TrainError
 from trainer.evaluate import classification_metrics, regression_metrics, seasonal_index
 from trainer.models import ModelShape, build_model, reset_states
-from trainer.select import TOGGLES, Candidate, better, first_stage, name_of, rmse, toggle
+from trainer.select import (
+    TOGGLE_MARGIN,
+    TOGGLES,
+    Candidate,
+    better,
+    first_stage,
+    name_of,
+    rmse,
+    toggle,
+)
 from trainer.spec import (
     FORECASTS_FILE,
     HISTORY_FILE,
@@ -90,7 +99,7 @@ def train(cfg: TrainConfig, log: Log = print) -> dict[str, Any]:
     tried: list[Candidate] = []
     best: Candidate | None = None
 
-    def attempt(st: Structure | None) -> Candidate:
+    def attempt(st: Structure | None, margin: float = 0.0) -> Candidate:
         nonlocal best
         keras.utils.set_random_seed(cfg.seed)
         t0 = time.perf_counter()
@@ -110,7 +119,7 @@ def train(cfg: TrainConfig, log: Log = print) -> dict[str, Any]:
             v = f"{val:.4g}" if val is not None else "n/a"
             log(f"candidate {cand.name:<18} validation RMSE {v:>9}  "
                 f"({cand.epochs} epochs, {cand.seconds:.1f}s; {_what(st)})")
-        if better(cand, best):
+        if better(cand, best, margin):
             if best is not None:
                 best.fitted = None  # free the loser's model
             best = cand
@@ -127,12 +136,17 @@ def train(cfg: TrainConfig, log: Log = print) -> dict[str, Any]:
             assert top.structure is not None
             st = toggle(top.structure, which, plan.allow_log)
             if st is not None:
-                cand = attempt(st)
-                if better(cand, top):
+                cand = attempt(st, TOGGLE_MARGIN)
+                if better(cand, top, TOGGLE_MARGIN):
                     top = cand
     assert best is not None and best.fitted is not None
     model, history, segs, scaler = best.fitted
     chosen: Structure | None = best.structure
+    members = 1
+    ensemble: dict[str, Any] | None = None
+    if cfg.ensemble > 1 and task.kind == "regress" and cfg.arch == "lstm" \
+            and mode == "stateful":
+        model, members, ensemble = _ensemble(cfg, ds, task, mode, test_min, best, log)
     metrics, curves = _evaluate(cfg, task, segs, model, mode, test_min, scaler, seasons)
     epochs = len(history)
     metrics.update(
@@ -140,8 +154,10 @@ def train(cfg: TrainConfig, log: Log = print) -> dict[str, Any]:
         train_seconds=round(time.perf_counter() - started, 2),
         seconds_per_epoch=float(np.median([h["seconds"] for h in history])),
         mode=mode, arch=cfg.arch, structure=name_of(chosen),
-        structure_description=_what(chosen),
+        structure_description=_what(chosen), ensemble_members=members,
     )
+    if ensemble is not None:
+        metrics["ensemble"] = ensemble
     if not plan.single:
         metrics["selection"] = _selection(cfg, task, segs, mode, test_min, seasons, tried,
                                           best, log)
@@ -158,7 +174,7 @@ def train(cfg: TrainConfig, log: Log = print) -> dict[str, Any]:
         season=seasons[0] if seasons else None, seasons=seasons,
         batch_size=cfg.resolved_batch, seed=cfg.seed, data=_fingerprint(cfg, ds),
         residual=chosen is None and bool(_residual_features(ds, cfg, task)),
-        structure=chosen.to_dict() if chosen is not None else None,
+        structure=chosen.to_dict() if chosen is not None else None, ensemble=members,
         statecast_version=__version__,
     )
     spec.save(out)
@@ -184,6 +200,33 @@ def train(cfg: TrainConfig, log: Log = print) -> dict[str, Any]:
 
     write_report(out, history, curves, spec)
     return metrics
+
+
+def _ensemble(cfg: TrainConfig, ds: Dataset, task: Task, mode: str, min_history: int,
+              best: Candidate, log: Log) -> tuple[Any, int, dict[str, Any]]:
+    """Train the chosen candidate again with other seeds and average them inside one wider
+    LSTM (trainer/ensemble.py); keep the ensemble only if it forecasts better on validation."""
+    import keras
+
+    from trainer.ensemble import merge
+
+    model, _, segs, scaler = best.fitted
+    shape = _shape(cfg, ds, task, best.structure)
+    t0 = time.perf_counter()
+    members = [model]
+    for k in range(1, cfg.ensemble):
+        keras.utils.set_random_seed(cfg.seed + k)
+        members.append(_fit_stateful(cfg, shape, task, segs, _quiet)[0])
+    merged = merge(members, shape)
+    val = _val_rmse(cfg, task, segs, merged, mode, min_history, scaler)
+    single = best.val_rmse
+    kept = val is not None and (single is None or val < single)
+    v = f"{val:.4g}" if val is not None else "n/a"
+    log(f"ensemble of {cfg.ensemble} seeds: validation RMSE {v} "
+        f"({time.perf_counter() - t0:.1f}s); {'kept' if kept else 'not kept: one seed did better'}")
+    info = {"members": cfg.ensemble, "val_rmse": val, "single_val_rmse": single, "kept": kept,
+            "seconds": round(time.perf_counter() - t0, 2)}
+    return (merged, cfg.ensemble, info) if kept else (model, 1, info)
 
 
 def _quiet(_: str) -> None:
@@ -252,7 +295,7 @@ def _plan(cfg: TrainConfig, ds: Dataset, task: Task, mode: str, seasons: list[in
     targets = [ds.features.index(t) for t in ds.targets]
     base = Structure(features=list(ds.features), targets=targets, horizon=cfg.horizon,
                      seasons=seasons, base_lag=seasons[0] if seasons else 1,
-                     log=bool(cfg.log_target), level=True, calendar=calendar)
+                     log=bool(cfg.log_target), level=False, calendar=calendar)
     if cfg.structure == "seasonal":
         return Plan([base], False, False, seasons)
     first = first_stage(base, seasons, include_plain=True)

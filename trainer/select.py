@@ -2,8 +2,9 @@
 
 The search is small and greedy, so a default run stays quick: first the plain LSTM against a
 seasonal-memory LSTM on each season's base forecast; then, one after the other on the best
-structured candidate so far, the changes only validation can decide (drop the level input,
-forecast in log space, keep only the base's season, drop the calendar), each kept if it helps.
+structured candidate so far, the changes only validation can decide (add the level input,
+forecast in log space, keep only the base's season, drop the calendar), each kept only if it
+helps by more than TOGGLE_MARGIN.
 Every candidate and the naive baselines are scored in target units on the same validation
 origins.
 """
@@ -37,7 +38,7 @@ class Candidate:
 
 
 def name_of(st: Structure | None) -> str:
-    """A short, stable name for a candidate, e.g. seasonal24+lags168+cal-level."""
+    """A short, stable name for a candidate, e.g. seasonal24+lags168+cal+level."""
     if st is None:
         return "plain"
     name = f"seasonal{st.base_lag}" if st.base_lag > 1 else "diff"
@@ -48,8 +49,8 @@ def name_of(st: Structure | None) -> str:
         name += "+cal"
     if st.log:
         name += "+log"
-    if not st.level:
-        name += "-level"
+    if st.level:
+        name += "+level"
     return name
 
 
@@ -80,13 +81,20 @@ def toggle(st: Structure, which: str, allow_log: bool) -> Structure | None:
     raise ValueError(which)
 
 
-def better(a: Candidate, b: Candidate | None) -> bool:
-    """True when `a` scores strictly better than `b` on validation (None loses)."""
+# A change of the second stage must beat what it changes by this fraction of validation RMSE:
+# the validation split is short, and a structure that only ties on it (a level input, say) can
+# still extrapolate worse on the months that follow.
+TOGGLE_MARGIN = 0.02
+
+
+def better(a: Candidate, b: Candidate | None, margin: float = 0.0) -> bool:
+    """True when `a` scores better than `b` on validation by more than `margin` (a fraction;
+    None loses)."""
     if b is None:
         return True
     if a.val_rmse is None or not math.isfinite(a.val_rmse):
         return False
-    return b.val_rmse is None or a.val_rmse < b.val_rmse
+    return b.val_rmse is None or a.val_rmse < b.val_rmse * (1 - margin)
 
 
 def rmse(err: np.ndarray) -> float:

@@ -72,6 +72,7 @@ class RunSpec:
     residual: bool = False
     seasons: list[int] = field(default_factory=list)
     structure: dict[str, Any] | None = None  # trainer.structure.Structure: the LSTM's surroundings
+    ensemble: int = 1  # seeds averaged inside the model (its LSTMs have ensemble * units units)
     data: dict[str, Any] = field(default_factory=dict)
     statecast_version: str = "0.1.0"
     format: int = 1

@@ -38,7 +38,7 @@ class Structure:
     seasons: list[int] = field(default_factory=list)
     base_lag: int = 1
     log: bool = False
-    level: bool = True
+    level: bool = False
     calendar: list[float] = field(default_factory=list)  # periods in seconds
     d_mean: list[float] = field(default_factory=list)  # derived inputs: (d - mean) / scale
     d_scale: list[float] = field(default_factory=list)
@@ -75,8 +75,8 @@ class Structure:
         parts.append("base " + ("last value" if self.base_lag == 1 else f"lag {self.base_lag}"))
         if self.log:
             parts.append("log")
-        if not self.level:
-            parts.append("no level input")
+        if self.level:
+            parts.append("level input")
         if self.calendar:
             names = {v: k for k, v in CALENDAR_PERIODS.items()}
             parts.append("calendar " + ",".join(names.get(p, f"{p:g}s") for p in self.calendar))
