@@ -23,7 +23,8 @@ metrics.json; a peer: its whole cross-validation call, fit included) and the cos
 observation (statecast: one `session.run` of the exported batch-1 step graph; a peer: its
 cross-validation seconds per origin, fit included; statsforecast's `forward` refilters the whole
 history at each origin). Prints a table per series and a Markdown table, writes JSON.
-Not part of the test suite.
+A full run takes about 12 minutes on two shared cores, most of it MSTL and AutoTheta on
+seattle-temps and uk-demand. Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -443,12 +444,13 @@ def main() -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
                "  bench/bench_skill.py --quick --series airpassengers-monthly   # seconds\n"
-               "  bench/bench_skill.py --seeds 0 1 2 --arima seattle-temps\n"
+               "  bench/bench_skill.py --seeds 0 1 2 --series co2-weekly\n"
                f"series: {', '.join(NAMES)}")
     p.add_argument("--series", action="append", choices=NAMES, metavar="NAME",
                    help="run only this series (repeatable; default: all)")
     p.add_argument("--quick", action="store_true",
-                   help="development: 5 epochs for statecast and no AutoARIMA")
+                   help="development: 5 epochs for statecast and no AutoARIMA (MSTL still "
+                        "takes ~4 min on each of seattle-temps and uk-demand)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="SEED",
                    help="train statecast once per seed and average its RMSE (default: 0)")
     p.add_argument("--arima", action="append", default=[], choices=NAMES, metavar="NAME",
@@ -458,7 +460,8 @@ def main() -> int:
                    help="statsmodels' default STL options everywhere (slow on uk-demand)")
     p.add_argument("--keep", type=Path, metavar="DIR",
                    help="keep the run folders and exported graphs in DIR")
-    p.add_argument("--out", type=Path, default=ROOT / "bench/results/skill.json")
+    p.add_argument("--out", type=Path, default=ROOT / "bench/results/skill.json",
+                   help="JSON results (default: %(default)s)")
     args = p.parse_args()
     chosen = [s for s in SERIES if not args.series or s.name in args.series]
 
