@@ -42,7 +42,7 @@ test: $(STAMP) broker lint
 demo: $(STAMP) broker
 	CUDA_VISIBLE_DEVICES= TF_CPP_MIN_LOG_LEVEL=2 $(PY) examples/demo.py
 
-# bench/ needs the bench extra (LiteRT, py-spy); results go to bench/results/*.json
+# bench/ needs the bench extra (LiteRT, py-spy, statsforecast); results go to bench/results/*.json
 bench: $(STAMP) broker
 	$(PY) -m pip install --quiet -e '.[bench]'
 	CUDA_VISIBLE_DEVICES= TF_CPP_MIN_LOG_LEVEL=3 $(PY) bench/bench_step.py

@@ -16,7 +16,7 @@ import onnx
 
 from edge import EdgeError, __version__
 from edge.manifest import METADATA_KEY, Manifest, StateSpec
-from edge.model import StepModel
+from edge.model import StepModel, time_feed
 from export.convert import (
     DEFAULT_OPSET,
     PRECISIONS,
@@ -129,6 +129,8 @@ def step_latency_us(path: Path, repeats: int = 300) -> float:
     shape = (1, m.lookback or 1, m.n_features) if m.kind == "window" else (1, m.n_features)
     feeds = {m.input: np.zeros(shape, np.float32)}
     feeds.update(zip([s.input for s in m.state], sm.zero_state(), strict=True))
+    if m.time_input:  # a graph with calendar inputs also takes the observation's time
+        feeds[m.time_input] = time_feed(0.0, 1)
     names = [m.output] + [s.output for s in m.state]
     times = []
     for _ in range(repeats):

@@ -12,7 +12,7 @@ import pytest
 
 from edge import EdgeError
 from edge.model import StepModel
-from export.api import export_model
+from export.api import export_model, step_latency_us
 from tests.synthetic import write_csv
 from trainer.cli import main as train_main
 from trainer.config import TrainConfig
@@ -105,6 +105,11 @@ def test_a_structured_graph_needs_the_time(seasonal_run: Path, tmp_path: Path) -
     sm = StepModel(tmp_path / "m.onnx")
     with pytest.raises(EdgeError, match="timestamp"):
         sm.step(np.array([20.0], np.float32), sm.zero_state())
+
+
+def test_step_latency_feeds_the_time_input(seasonal_run: Path, tmp_path: Path) -> None:
+    export_model(seasonal_run, tmp_path / "m.onnx")
+    assert step_latency_us(tmp_path / "m.onnx", repeats=5) > 0
 
 
 def test_a_structured_run_refuses_a_window_graph(seasonal_run: Path, tmp_path: Path) -> None:
