@@ -113,7 +113,7 @@ def _structure_fields(lay: Layout) -> dict[str, Any]:
         "warmup": st.memory,
         "structure": {
             "description": st.describe(), "memory": st.memory, "seasons": list(st.seasons),
-            "base_lag": st.base_lag, "log": st.log, "level": st.level,
+            "base_lag": st.base_lag, "drift": st.drift, "log": st.log, "level": st.level,
             "inputs": st.input_names(),
             "state": {"hist": "the last `memory` target values (log if `log`), oldest first; "
                               "a fresh stream's memory holds its first value",

@@ -22,6 +22,7 @@ from export.graph import Builder
 from trainer.structure import LOG_FLOOR, Structure
 
 HIST, SEEN, TIME = "hist", "seen", "t"
+DRIFT = "drift_change"
 
 
 def derived_inputs(b: Builder, st: Structure) -> tuple[str, str]:
@@ -68,6 +69,9 @@ def derived_inputs(b: Builder, st: Structure) -> tuple[str, str]:
         cols.append(b.op1("Reshape", [pairs, b.const("cal_shape", [0, 2 * len(periods)],
                                                      np.int64)], "calendar"))
     derived = cols[0] if len(cols) == 1 else b.op1("Concat", cols, "derived", axis=1)
+    if st.drift:  # z(t) - z(t - L) [B, 1, K], kept for the base
+        b.op("Gather", [diffs, b.const("drift_lag", [lags.index(st.base_lag)], np.int64)],
+             "drift", outputs=[DRIFT], axis=1)
 
     if n > 1:
         older = b.op1("Slice", [hist, b.const("one_i", [1], np.int64),
@@ -89,6 +93,10 @@ def add_base(b: Builder, st: Structure, y: str, out_shape: list[int]) -> str:
     pos = (st.memory - 1 + st.base_positions()).astype(np.int64)
     base = b.op1("Gather", [HIST + "_out", b.const("base_pos", pos, np.int64)], "base",
                  axis=1)  # [B, H, K]
+    if st.drift:
+        steps = st.drift_steps().astype(np.float32).reshape(1, h, 1)
+        base = b.op1("Add", [base, b.op1("Mul", [DRIFT, b.const("drift_steps", steps)],
+                                         "drift")], "base")
     if len(out_shape) == 2:  # one target: y is [B, H]
         base = b.op1("Reshape", [base, b.const("shape_h", [-1, h], np.int64)], "base")
     out = b.op1("Add", [y, base], "base")

@@ -219,3 +219,11 @@ def test_an_ensemble_is_one_wider_lstm_equal_to_the_mean_of_its_members() -> Non
     merged = merge(members, shape)
     assert merged.get_layer("lstm_1").units == 12
     np.testing.assert_allclose(np.asarray(merged(x)), want, atol=1e-5)
+
+
+def test_drift_carries_the_seasonal_change_forward_by_hand() -> None:
+    x = np.array([[1.0], [2.0], [4.0], [7.0], [11.0]])
+    st = Structure(features=["v"], targets=[0], horizon=4, seasons=[2], base_lag=2, drift=True)
+    # t=4: z(t+h-2*ceil(h/2)) = 7, 11, 7, 11; change since two steps ago 11-4 = 7, once for
+    # h = 1, 2 and twice for h = 3, 4
+    assert st.base(x)[4, :, 0].tolist() == [14, 18, 21, 25]

@@ -2,11 +2,10 @@
 
 The search is small and greedy, so a default run stays quick: first the plain LSTM against a
 seasonal-memory LSTM on each season's base forecast; then, one after the other on the best
-structured candidate so far, the changes only validation can decide (forecast in log space,
-keep only the base's season, drop the calendar), each kept only if it helps by more than
-TOGGLE_MARGIN.
-Every candidate and the naive baselines are scored in target units on the same validation
-origins.
+structured candidate so far, the changes only validation can decide (carry the seasonal change
+forward in the base, forecast in log space, keep only the base's season, drop the calendar),
+each kept only if it helps by more than TOGGLE_MARGIN. Every candidate and the naive baselines
+are scored in target units on the same validation origins.
 """
 
 from __future__ import annotations
@@ -47,6 +46,8 @@ def name_of(st: Structure | None) -> str:
         name += "+lags" + ",".join(map(str, others))
     if st.calendar:
         name += "+cal"
+    if st.drift:
+        name += "+drift"
     if st.log:
         name += "+log"
     if st.level:
@@ -66,13 +67,15 @@ def first_stage(base: Structure, seasons: list[int], include_plain: bool) -> lis
 
 # The raw level is not among them: a level input ties on validation and then extrapolates badly
 # on the months after it (ES-RNN divides the level out for the same reason).
-TOGGLES = ("log", "one season", "no calendar")
+TOGGLES = ("drift", "log", "one season", "no calendar")
 
 
 def toggle(st: Structure, which: str, allow_log: bool) -> Structure | None:
     """`st` with one part changed, or None when that change does not apply to it."""
     if which == "level":
         return replace(st, level=not st.level)
+    if which == "drift":
+        return replace(st, drift=True) if st.base_lag > 1 and not st.drift else None
     if which == "log":
         return replace(st, log=True) if allow_log and not st.log else None
     if which == "one season":

@@ -9,7 +9,8 @@ first value when it starts (a value before the first observation reads as the fi
   since one season ago for every season, and sin/cos of the time's phase in each calendar period;
 - output: the net predicts, per horizon step h, the correction to a *base* forecast: the value one
   ``base_lag`` back (``z(t + h - L*ceil(h/L))``: seasonal naive for L = a season, persistence for
-  L = 1);
+  L = 1), with ``drift`` plus today's change from one season ago, ``ceil(h/L)`` times (the
+  forecast of a seasonal random walk with drift);
 - ``log``: targets are forecast in log space (multiplicative trend and seasonality).
 
 `derive` and `base` are the numpy reference of what `export/` builds as ONNX nodes: a segment's
@@ -39,6 +40,9 @@ class Structure:
     base_lag: int = 1
     log: bool = False
     level: bool = False
+    # the base also carries today's deviation from one season ago forward: the forecast of a
+    # seasonal random walk with drift, z(t+h-L) + ceil(h/L) * (z(t) - z(t-L))
+    drift: bool = False
     calendar: list[float] = field(default_factory=list)  # periods in seconds
     d_mean: list[float] = field(default_factory=list)  # derived inputs: (d - mean) / scale
     d_scale: list[float] = field(default_factory=list)
@@ -77,6 +81,8 @@ class Structure:
             parts.append("log")
         if self.level:
             parts.append("level input")
+        if self.drift:
+            parts.append("with drift")
         if self.calendar:
             names = {v: k for k, v in CALENDAR_PERIODS.items()}
             parts.append("calendar " + ",".join(names.get(p, f"{p:g}s") for p in self.calendar))
@@ -123,11 +129,21 @@ class Structure:
         lag = self.base_lag
         return h - lag * np.ceil(h / lag).astype(int)
 
+    def drift_steps(self) -> np.ndarray:
+        """[H] how many seasons ahead each horizon step is: the multiple of the drift added."""
+        h = np.arange(1, self.horizon + 1)
+        return np.ceil(h / self.base_lag).astype(int)
+
     def base(self, x: np.ndarray) -> np.ndarray:
         """[T, H, K] the base forecast (in z units) after each row of a segment from its start."""
         z = self.z(x)
-        rows = np.arange(len(z))[:, None] + self.base_positions()[None, :]
-        return z[np.maximum(rows, 0)]
+        n = len(z)
+        rows = np.arange(n)[:, None] + self.base_positions()[None, :]
+        out = z[np.maximum(rows, 0)]
+        if self.drift:
+            change = z - z[np.maximum(np.arange(n) - self.base_lag, 0)]
+            out = out + self.drift_steps()[None, :, None] * change[:, None, :]
+        return out
 
     def scaled_inputs(self, x: np.ndarray, t: np.ndarray | None) -> np.ndarray:
         d = self.derive(x, t)
