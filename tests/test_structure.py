@@ -79,7 +79,8 @@ def test_the_run_records_its_structure(seasonal_run: Path) -> None:
     assert (st.seasons, st.base_lag, st.memory) == ([24], 24, 24)
     assert st.calendar == [7 * 86400.0]  # 17 days of training rows: a week, not a year
     metrics = json.loads((seasonal_run / "metrics.json").read_text())
-    assert metrics["structure"] == "seasonal24+cal"
+    assert metrics["structure"] == "seasonal24+cal+drift"
+    assert st.drift
 
 
 @pytest.mark.parametrize("batch", ["1", "dynamic"])
@@ -154,7 +155,7 @@ def test_selection_reports_the_candidates_and_the_verdict(tmp_path: Path) -> Non
                                 batch_size=8, quiet=True), log=lines.append)
     sel = metrics["selection"]
     names = [c["name"] for c in sel["candidates"]]
-    assert names[:2] == ["plain", "seasonal24"] and len(names) >= 3
+    assert names[:2] == ["plain", "seasonal24+drift"] and len(names) >= 3
     assert sel["chosen"] == min(sel["candidates"], key=lambda c: c["val_rmse"])["name"]
     assert {"persistence", "seasonal_24"} <= set(sel["val_baselines"])
     # the verdict on the held-out tail, recomputed from the forecasts themselves
@@ -165,7 +166,7 @@ def test_selection_reports_the_candidates_and_the_verdict(tmp_path: Path) -> Non
 
     best = min(rmse(fc["persistence"]), rmse(fc["seasonal"]))
     assert metrics["beats_best_baseline"] == (rmse(fc["pred"]) < best)
-    assert any(line.startswith("candidate seasonal24") for line in lines)
+    assert any(line.startswith("candidate seasonal24+drift") for line in lines)
 
 
 def test_a_model_that_loses_says_so(tmp_path: Path) -> None:

@@ -297,7 +297,7 @@ def _plan(cfg: TrainConfig, ds: Dataset, task: Task, mode: str, seasons: list[in
                      seasons=seasons, base_lag=seasons[0] if seasons else 1,
                      log=bool(cfg.log_target), level=False, calendar=calendar)
     if cfg.structure == "seasonal":
-        return Plan([base], False, False, seasons)
+        return Plan([replace(base, drift=bool(seasons))], False, False, seasons)
     first = first_stage(base, seasons, include_plain=True)
     return Plan(first, True, positive and cfg.log_target is None, seasons)
 

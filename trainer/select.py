@@ -2,8 +2,8 @@
 
 The search is small and greedy, so a default run stays quick: first the plain LSTM against a
 seasonal-memory LSTM on each season's base forecast; then, one after the other on the best
-structured candidate so far, the changes only validation can decide (carry the seasonal change
-forward in the base, forecast in log space, keep only the base's season, drop the calendar),
+structured candidate so far, the changes only validation can decide (a base without drift,
+forecast in log space, keep only the base's season, drop the calendar),
 each kept only if it helps by more than TOGGLE_MARGIN. Every candidate and the naive baselines
 are scored in target units on the same validation origins.
 """
@@ -56,26 +56,27 @@ def name_of(st: Structure | None) -> str:
 
 
 def first_stage(base: Structure, seasons: list[int], include_plain: bool) -> list[Structure | None]:
-    """The plain LSTM and one seasonal-memory candidate per season (its base forecast)."""
+    """The plain LSTM and one seasonal-memory candidate per season (its base forecast, with
+    drift: the seasonal random walk with drift is the stronger base on every shipped series)."""
     out: list[Structure | None] = [None] if include_plain else []
     if seasons:
-        out += [replace(base, base_lag=s) for s in seasons]
+        out += [replace(base, base_lag=s, drift=True) for s in seasons]
     else:
-        out.append(replace(base, base_lag=1, level=False))
+        out.append(replace(base, base_lag=1, level=False, drift=False))
     return out
 
 
 # The raw level is not among them: a level input ties on validation and then extrapolates badly
 # on the months after it (ES-RNN divides the level out for the same reason).
-TOGGLES = ("drift", "log", "one season", "no calendar")
+TOGGLES = ("no drift", "log", "one season", "no calendar")
 
 
 def toggle(st: Structure, which: str, allow_log: bool) -> Structure | None:
     """`st` with one part changed, or None when that change does not apply to it."""
     if which == "level":
         return replace(st, level=not st.level)
-    if which == "drift":
-        return replace(st, drift=True) if st.base_lag > 1 and not st.drift else None
+    if which == "no drift":
+        return replace(st, drift=False) if st.drift else None
     if which == "log":
         return replace(st, log=True) if allow_log and not st.log else None
     if which == "one season":
