@@ -54,6 +54,17 @@ def derived_inputs(b: Builder, st: Structure) -> tuple[str, str]:
     diffs = b.op1("Sub", [newest, prev], "lags")
     cols.append(b.op1("Reshape", [diffs, b.const("lags_shape", [0, len(lags) * k], np.int64)],
                       "lags"))  # lag-major, as trainer/structure.py orders them
+    if st.ahead and st.seasons:
+        # each season's naive path over the horizon, from today's value: [B, S*H, K] → [B, S*H*K]
+        pos = np.concatenate([n - 1 + st.positions(s) for s in st.seasons])
+        ahead = b.op1("Gather", [hist, b.const("ahead_pos", _before_today(pos, n), np.int64)],
+                      "ahead", axis=1)
+        ahead = b.op1("Where", [b.const("ahead_today", _is_today(pos, n).reshape(1, -1, 1),
+                                        np.bool_), newest, ahead], "ahead")
+        diffs_ahead = b.op1("Sub", [ahead, newest], "ahead")
+        width = len(st.seasons) * st.horizon * k
+        cols.append(b.op1("Reshape", [diffs_ahead, b.const("ahead_shape", [0, width],
+                                                            np.int64)], "ahead"))
     if st.calendar:
         b.add_input(TIME, [b.batch_dim, 1], TensorProto.DOUBLE)
         periods = np.asarray(st.calendar, np.float64)
@@ -84,6 +95,16 @@ def derived_inputs(b: Builder, st: Structure) -> tuple[str, str]:
         b.state_outputs.append(
             helper.make_tensor_value_info(name + "_out", TensorProto.FLOAT, shape))
     return derived, z
+
+
+def _before_today(pos: np.ndarray, n: int) -> np.ndarray:
+    """Positions in the updated memory (today last) as positions in the memory before today's
+    value joins it (one slot later); today's own slot is read elsewhere (clipped here)."""
+    return np.minimum(pos + 1, n - 1)
+
+
+def _is_today(pos: np.ndarray, n: int) -> np.ndarray:
+    return pos == n - 1
 
 
 def add_base(b: Builder, st: Structure, y: str, out_shape: list[int]) -> str:

@@ -228,3 +228,14 @@ def test_drift_carries_the_seasonal_change_forward_by_hand() -> None:
     # t=4: z(t+h-2*ceil(h/2)) = 7, 11, 7, 11; change since two steps ago 11-4 = 7, once for
     # h = 1, 2 and twice for h = 3, 4
     assert st.base(x)[4, :, 0].tolist() == [14, 18, 21, 25]
+
+
+def test_the_seasonal_paths_ahead_by_hand() -> None:
+    x = np.array([[1.0], [2.0], [4.0], [7.0], [11.0]])
+    st = Structure(features=["v"], targets=[0], horizon=3, seasons=[2], base_lag=2, ahead=True)
+    d = st.derive(x, None)
+    # columns: d1, d2, then z(t+h-2*ceil(h/2)) - z(t) for h = 1, 2, 3
+    # t=4: z(3)-z(4), z(4)-z(4), z(3)-z(4) = -4, 0, -4; t=0: the first value everywhere: 0
+    assert d[4, 2:].tolist() == [-4, 0, -4]
+    assert d[0, 2:].tolist() == [0, 0, 0]
+    assert d[2, 2:].tolist() == [2 - 4, 0, 2 - 4]

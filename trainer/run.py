@@ -295,7 +295,8 @@ def _plan(cfg: TrainConfig, ds: Dataset, task: Task, mode: str, seasons: list[in
     targets = [ds.features.index(t) for t in ds.targets]
     base = Structure(features=list(ds.features), targets=targets, horizon=cfg.horizon,
                      seasons=seasons, base_lag=seasons[0] if seasons else 1,
-                     log=bool(cfg.log_target), level=False, calendar=calendar)
+                     log=bool(cfg.log_target), level=False, calendar=calendar,
+                     ahead=bool(seasons))
     if cfg.structure == "seasonal":
         return Plan([replace(base, drift=bool(seasons))], False, False, seasons)
     first = first_stage(base, seasons, include_plain=True)

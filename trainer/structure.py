@@ -43,6 +43,9 @@ class Structure:
     # the base also carries today's deviation from one season ago forward: the forecast of a
     # seasonal random walk with drift, z(t+h-L) + ceil(h/L) * (z(t) - z(t-L))
     drift: bool = False
+    # inputs: the path each season's naive forecast takes over the horizon, from today's value:
+    # z(t + h - S*ceil(h/S)) - z(t) for every season S and step h (what the memory says is ahead)
+    ahead: bool = False
     calendar: list[float] = field(default_factory=list)  # periods in seconds
     d_mean: list[float] = field(default_factory=list)  # derived inputs: (d - mean) / scale
     d_scale: list[float] = field(default_factory=list)
@@ -68,6 +71,9 @@ class Structure:
         names += [f"d1({t})" for t in tn]
         for s in self.seasons:
             names += [f"d{s}({t})" for t in tn]
+        if self.ahead:
+            for s in self.seasons:
+                names += [f"s{s}h{h}({t})" for h in range(1, self.horizon + 1) for t in tn]
         for p in self.calendar:
             names += [f"sin(2pi t/{p:g}s)", f"cos(2pi t/{p:g}s)"]
         return names
@@ -83,6 +89,8 @@ class Structure:
             parts.append("level input")
         if self.drift:
             parts.append("with drift")
+        if self.ahead:
+            parts.append("seasonal paths ahead")
         if self.calendar:
             names = {v: k for k, v in CALENDAR_PERIODS.items()}
             parts.append("calendar " + ",".join(names.get(p, f"{p:g}s") for p in self.calendar))
@@ -114,6 +122,10 @@ class Structure:
         rows = np.arange(n)
         for lag in [1, *self.seasons]:
             cols.append(z - z[np.maximum(rows - lag, 0)])
+        if self.ahead:
+            for s in self.seasons:
+                ahead = z[np.maximum(rows[:, None] + self.positions(s)[None, :], 0)]  # [T, H, K]
+                cols.append((ahead - z[:, None, :]).reshape(n, -1))
         if self.calendar:
             if t is None:
                 raise ValueError("a structure with a calendar needs the times")
@@ -123,11 +135,14 @@ class Structure:
                 cols += [np.sin(phase)[:, None], np.cos(phase)[:, None]]
         return np.concatenate(cols, axis=1)
 
+    def positions(self, lag: int) -> np.ndarray:
+        """[H] offset j <= 0 of the naive forecast of period `lag` for each step: z(t + j)."""
+        h = np.arange(1, self.horizon + 1)
+        return h - lag * np.ceil(h / lag).astype(int)
+
     def base_positions(self) -> np.ndarray:
         """[H] offset j <= 0 of the base value for each horizon step: z(t + j)."""
-        h = np.arange(1, self.horizon + 1)
-        lag = self.base_lag
-        return h - lag * np.ceil(h / lag).astype(int)
+        return self.positions(self.base_lag)
 
     def drift_steps(self) -> np.ndarray:
         """[H] how many seasons ahead each horizon step is: the multiple of the drift added."""
