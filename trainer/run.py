@@ -85,6 +85,7 @@ def train(cfg: TrainConfig, log: Log = print) -> dict[str, Any]:
         task = Task("categorical", ds.classes, None)
     log(_describe(ds))
     mode = cfg.resolved_mode
+    cfg = _small_data_batch(cfg, ds, mode, log)
     seasons = cfg.seasons or default_seasons(ds.freq)
     plan = _plan(cfg, ds, task, mode, seasons, log)
     seasons = plan.seasons
@@ -227,6 +228,23 @@ def _ensemble(cfg: TrainConfig, ds: Dataset, task: Task, mode: str, min_history:
     info = {"members": cfg.ensemble, "val_rmse": val, "single_val_rmse": single, "kept": kept,
             "seconds": round(time.perf_counter() - t0, 2)}
     return (merged, cfg.ensemble, info) if kept else (model, 1, info)
+
+
+SMALL_BATCH = 16
+
+
+def _small_data_batch(cfg: TrainConfig, ds: Dataset, mode: str, log: Log) -> TrainConfig:
+    """Stateful training at the default batch of 64 streams gives a small series only a couple
+    of gradient steps per epoch (each stream is a few lookbacks long); below 3 lookbacks of
+    training rows per stream, train 16 streams at a time instead."""
+    if cfg.batch_size is not None or mode != "stateful":
+        return cfg
+    rows = sum(len(s.x) for s in ds.segments) * (1 - cfg.test_frac - cfg.val_frac)
+    if rows / cfg.resolved_batch >= 3 * cfg.lookback:
+        return cfg
+    log(f"{rows:.0f} training rows: stateful batches of {SMALL_BATCH} streams, so each epoch "
+        "takes several gradient steps (give --batch-size to choose)")
+    return replace(cfg, batch_size=SMALL_BATCH)
 
 
 def _quiet(_: str) -> None:
