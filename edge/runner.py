@@ -77,8 +77,8 @@ class Runner:
         at `t` ([N] epoch seconds), in one session run; returns the forecasts [N, ...]. All
         states change only if the run succeeds. `last_seconds` holds the session time of the
         run. Needs `batched`; with one stream it is `step_one`."""
-        times = np.zeros(len(sts)) if t is None else np.asarray(t, np.float64).reshape(-1)
         if len(sts) == 1 or not self.batched:
+            times = [0.0] * len(sts) if t is None else np.asarray(t, np.float64).reshape(-1)
             ys = [self.step_one(st, row, float(ti))
                   for st, row, ti in zip(sts, x, times, strict=True)]
             return np.concatenate([y for y in ys if y is not None])
@@ -88,7 +88,8 @@ class Runner:
         for name, table in zip(self.state_in, rows.tables, strict=True):
             feeds[name] = table[idx]
         if self.time_input:
-            feeds[self.time_input] = times.reshape(-1, 1)
+            feeds[self.time_input] = np.asarray(t if t is not None else np.zeros(len(sts)),
+                                                np.float64).reshape(-1, 1)
         t0 = time.perf_counter()
         out = self.session.run(self.outputs, feeds)
         self.last_seconds = time.perf_counter() - t0

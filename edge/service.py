@@ -312,8 +312,9 @@ class Processor:
             return [self.runner.step_one(st, o.values, o.t)
                     for st, o in zip(states, obs, strict=True)]
         x = obs[0].values.reshape(1, -1) if len(obs) == 1 else np.stack([o.values for o in obs])
-        ys = self.runner.step_many(states, x, np.fromiter((o.t for o in obs), np.float64,
-                                                          len(obs)))
+        t = np.fromiter((o.t for o in obs), np.float64, len(obs)) \
+            if self.runner.time_input else None  # only graphs with calendar inputs take it
+        ys = self.runner.step_many(states, x, t)
         return [ys[i : i + 1] for i in range(len(states))]
 
 

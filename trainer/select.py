@@ -73,8 +73,6 @@ TOGGLES = ("no drift", "log", "one season", "no calendar")
 
 def toggle(st: Structure, which: str, allow_log: bool) -> Structure | None:
     """`st` with one part changed, or None when that change does not apply to it."""
-    if which == "level":
-        return replace(st, level=not st.level)
     if which == "no drift":
         return replace(st, drift=False) if st.drift else None
     if which == "log":
