@@ -1,6 +1,7 @@
 """A real seasonal-memory run (hist/seen state, time input) through the daemon: SIGKILL and
 restart, eviction to disk and back, in both serving modes; forecasts equal one uninterrupted
-stepping of the graph with the observations' times."""
+stepping of the graph with the observations' times. A window graph's windows survive SIGKILL
+too."""
 
 from __future__ import annotations
 
@@ -58,6 +59,18 @@ def reference(model: Path, rows: list[tuple[str, float]]) -> tuple[np.ndarray, l
     return StepModel(model).run_sequence(xs, ts=ts)
 
 
+def finish(col: Any, cid: str, n: int, d: Any, pub: Any
+           ) -> dict[tuple[str, str], list[list[float]]]:
+    """Wait (up to a minute) for n distinct forecasts, stop the daemon and the publisher."""
+    deadline = time.monotonic() + 60
+    while len(predictions_by_key(col, f"{cid}-out/")) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert d.stop() == 0
+    pub.disconnect()
+    pub.loop_stop()
+    return predictions_by_key(col, f"{cid}-out/")
+
+
 @pytest.mark.parametrize("batch", ["1", "dynamic"])
 def test_sigkill_keeps_the_seasonal_memory(
     broker: Mosquitto, seasonal_models: dict[str, Path], batch: str, tmp_path: Path,
@@ -98,13 +111,7 @@ def test_sigkill_keeps_the_seasonal_memory(
     finally:
         thread.join()
     n = 3 * 400
-    deadline = time.monotonic() + 60
-    while len(predictions_by_key(col, f"{cid}-out/")) < n and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert d.stop() == 0
-    pub.disconnect()
-    pub.loop_stop()
-    got = predictions_by_key(col, f"{cid}-out/")
+    got = finish(col, cid, n, d, pub)
     assert len(got) == n, d.log()[-3000:]
     sm = StepModel(model)
     store = StateStore(sm.manifest.model_id, sm.zero_state())
@@ -150,3 +157,52 @@ def test_evicted_seasonal_streams_come_back_exactly(
         want, _ = reference(model, rows[s])
         mine = np.array([by_key[(s, ts)][0] for ts, _ in rows[s]])
         np.testing.assert_allclose(mine, want, atol=1e-5, rtol=0)
+
+
+def test_sigkill_keeps_window_graph_windows(
+    broker: Mosquitto, models: dict[str, Path], tmp_path: Path, daemon_factory: Any,
+    collector_factory: Any,
+) -> None:
+    """A window graph's per-stream windows survive SIGKILL like step states do: killed 4 times
+    while 2 streams publish at QoS 1, every forecast equals the graph run on that window."""
+    model = models["window"]
+    lookback = StepModel(model).manifest.lookback
+    assert lookback is not None
+    cid = f"wk{uuid.uuid4().hex[:8]}"
+    streams = ["w0", "w1"]
+    rows = {s: series(i + 2, 300) for i, s in enumerate(streams)}
+    col = collector_factory(broker, [f"{cid}-out/#", f"statecast/status/{cid}"])
+    argv = args(model, broker, cid, "--state-dir", str(tmp_path / "state"), "--qos", "1")
+    mark = col.mark()
+    d = daemon_factory(*argv)
+    wait_online(col, cid, mark, d)
+    pub = publisher(broker)
+
+    def publish() -> None:
+        for i in range(300):
+            for s in streams:
+                ts, v = rows[s][i]
+                pub.publish(f"{cid}/{s}/temp", f'{{"ts": "{ts}", "temp": {v}}}', qos=1)
+            time.sleep(0.004)
+
+    thread = threading.Thread(target=publish, name="test-publisher")
+    thread.start()
+    try:
+        for _ in range(4):
+            time.sleep(0.25)
+            d.stop(signal.SIGKILL)
+            mark = col.mark()
+            d = daemon_factory(*argv)
+            wait_online(col, cid, mark, d)
+    finally:
+        thread.join()
+    n = len(streams) * (300 - lookback + 1)  # a window graph forecasts once its window is full
+    got = finish(col, cid, n, d, pub)
+    assert len(got) == n, d.log()[-3000:]
+    sm = StepModel(model)
+    for s in streams:
+        xs = np.array([v for _, v in rows[s]], np.float32).reshape(-1, 1)
+        for i in range(lookback - 1, len(xs)):
+            want = sm.step(xs[i - lookback + 1:i + 1], [])[0][0]
+            mine = np.asarray(got[(s, rows[s][i][0])][0])
+            np.testing.assert_allclose(mine, want, atol=1e-5, rtol=0)
