@@ -123,6 +123,8 @@ class Processor:
         )
         self.encoder = Encoder(m, freq)
         self.router = StreamRouter(config.subscribe, config.stream_level)
+        # what other parts keep per stream besides the model's state: name -> a new stream's value
+        extras: dict[str, np.ndarray] = {}
         fresh = StateStore(
             m.model_id,
             self.runner.zero_state(),
@@ -132,9 +134,10 @@ class Processor:
             ttl=config.stream_ttl,
             max_resident=config.max_resident,
             fsync=config.fsync,
+            extras=extras,
         )
         if store is not None and store.same_layout(fresh):
-            store.rename(m.model_id)
+            store.rename(m.model_id, extras)
             fresh = store
         self.store = fresh
         self.max_gap = (

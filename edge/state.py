@@ -54,7 +54,10 @@ class StreamState:
 
     `state`: the recurrent tensors (step graphs), each [1, ...]; `window`: the last L observations
     in order, oldest first (window graphs), with `filled` of them real; `last_t`: epoch seconds of
-    the last accepted observation; `count`: observations accepted since the last reset.
+    the last accepted observation; `count`: observations accepted since the last reset;
+    `extra`: named float64 arrays other parts of the daemon keep per stream (the partial bin of
+    the grid, the scoring trackers), each shaped like the store's template of that name and
+    checkpointed with the rest.
     """
 
     state: list[np.ndarray] = field(default_factory=list)
@@ -62,6 +65,7 @@ class StreamState:
     filled: int = 0
     last_t: float | None = None
     count: int = 0
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
     used: float = 0.0  # time.monotonic() of the last change (eviction); not checkpointed
 
     @property
@@ -86,9 +90,12 @@ class StateStore:
         ttl: float | None = None,
         max_resident: int | None = None,
         fsync: bool = True,
+        extras: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         self.model_id = model_id
         self._zero = [np.asarray(z, dtype=np.float32) for z in zero_state]
+        # name -> the value a new stream starts with; float64, any fixed shape
+        self.extras = {k: np.asarray(v, dtype=np.float64) for k, v in (extras or {}).items()}
         self.lookback = lookback
         self.n_features = n_features
         self.max_streams = max_streams
@@ -120,7 +127,10 @@ class StateStore:
         window = None
         if self.lookback is not None:
             window = np.zeros((self.lookback, self.n_features), dtype=np.float32)
-        return StreamState(state=[z.copy() for z in self._zero], window=window)
+        return StreamState(
+            state=[z.copy() for z in self._zero], window=window,
+            extra={k: v.copy() for k, v in self.extras.items()},
+        )
 
     def get(self, stream: str) -> StreamState | None:
         st = self._streams.get(stream)
@@ -134,12 +144,18 @@ class StateStore:
         st = self._streams[stream] = self.new()
         return st
 
-    def reset(self, stream: str, *, keep_last_t: bool = False) -> StreamState:
+    def reset(
+        self, stream: str, *, keep_last_t: bool = False, keep: tuple[str, ...] = ()
+    ) -> StreamState:
         """Zero a stream's state (a gap, a `reset` command), recorded for the next commit; with
-        `keep_last_t` its last timestamp stays, so older observations are still refused."""
-        last_t = self._streams[stream].last_t if keep_last_t else None
+        `keep_last_t` its last timestamp stays, so older observations are still refused; the
+        extras named in `keep` stay too."""
+        old = self._streams[stream]
         st = self._streams[stream] = self.new()
-        st.last_t = last_t
+        st.last_t = old.last_t if keep_last_t else None
+        for name in keep:
+            if name in old.extra:
+                st.extra[name] = old.extra[name]
         self._touch(stream, st)
         return st
 
@@ -153,11 +169,26 @@ class StateStore:
             st.last_t = t
         self._touch(stream, st)
 
-    def rename(self, model_id: str) -> None:
+    def rename(self, model_id: str, extras: Mapping[str, np.ndarray] | None = None) -> None:
         """Keep these states for another model with the same layout (a reload): they belong to
-        `model_id` from now on, and the next commit must write them under it."""
+        `model_id` from now on, and the next commit must write them under it. With `extras`
+        (the new model's templates), an extra whose shape changed starts afresh in every
+        resident stream (spilled ones get the same on restore); the others carry over."""
         self.model_id = model_id
+        if extras is not None:
+            self.extras = {k: np.asarray(v, dtype=np.float64) for k, v in extras.items()}
+            for name, st in self._streams.items():
+                st.extra = self._fit_extra(st.extra)
+                self._changed.add(name)
         self._dirty = True
+
+    def _fit_extra(self, extra: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`extra` made to match the templates: kept where the shape fits, fresh elsewhere."""
+        out = {}
+        for name, zero in self.extras.items():
+            v = extra.get(name)
+            out[name] = v if v is not None and v.shape == zero.shape else zero.copy()
+        return out
 
     def _touch(self, stream: str, st: StreamState) -> None:
         st.used = time.monotonic()
@@ -303,12 +334,17 @@ class StateStore:
             "count": [s.count for s in states],
             "filled": [s.filled for s in states],
             "evicted": list(evicted),
+            "extra": {k: int(v.size) for k, v in self.extras.items()},
         }
         parts: list[bytes] = []
         for s in states:
             parts.extend(np.ascontiguousarray(a, dtype=np.float32).tobytes() for a in s.state)
             if self.lookback is not None and s.window is not None:
                 parts.append(np.ascontiguousarray(s.window, dtype=np.float32).tobytes())
+        for s in states:  # float64 extras after every float32 part
+            parts.extend(
+                np.ascontiguousarray(s.extra[k], dtype=np.float64).tobytes() for k in self.extras
+            )
         text = json.dumps(head, ensure_ascii=True).encode()
         payload = b"".join([struct.pack("<I", len(text)), text, *parts])
         return FRAME.pack(JOURNAL_MAGIC, len(payload), zlib.crc32(payload), self.seq) + payload
@@ -333,9 +369,14 @@ class StateStore:
                 (n,) = struct.unpack_from("<I", payload)
                 head = json.loads(payload[4 : 4 + n])
                 names = [str(x) for x in head["streams"]]
-                flat = np.frombuffer(payload, dtype=np.float32, offset=4 + n)
-                flat = flat.reshape(len(names), per)
-            except (ValueError, KeyError, TypeError, struct.error):
+                xsizes = {str(k): int(v) for k, v in head.get("extra", {}).items()}
+                xper = sum(xsizes.values())
+                f32 = len(names) * per * 4
+                flat = np.frombuffer(payload, dtype=np.float32, count=len(names) * per,
+                                     offset=4 + n).reshape(len(names), per)
+                xflat = np.frombuffer(payload, dtype=np.float64, offset=4 + n + f32)
+                xflat = xflat.reshape(len(names), xper)
+            except (ValueError, KeyError, TypeError, AttributeError, struct.error):
                 return
             updates: dict[str, StreamState] = {}
             for j, name in enumerate(names):
@@ -347,10 +388,17 @@ class StateStore:
                 if self.lookback is not None:
                     window = row[off:].reshape(self.lookback, self.n_features).copy()
                 last_t = head["last_t"][j]
+                extra, xoff = {}, 0
+                for key, size in xsizes.items():
+                    extra[key] = xflat[j, xoff : xoff + size].copy()
+                    xoff += size
+                    zero = self.extras.get(key)
+                    if zero is not None and zero.size == size:
+                        extra[key] = extra[key].reshape(zero.shape)
                 updates[name] = StreamState(
                     state=state, window=window, filled=int(head["filled"][j]),
                     last_t=None if last_t is None else float(last_t),
-                    count=int(head["count"][j]),
+                    count=int(head["count"][j]), extra=self._fit_extra(extra),
                 )
             yield int(seq), updates, [str(x) for x in head.get("evicted", [])], end
             pos = end
@@ -388,6 +436,9 @@ class StateStore:
                 else np.zeros((0, self.lookback, self.n_features), dtype=np.float32)
             )
             arrays["filled"] = np.array([s.filled for s in states], dtype=np.int64)
+        for name, zero in self.extras.items():
+            arrays[f"extra_{name}"] = np.stack([s.extra[name] for s in states]) if states \
+                else np.zeros((0, *zero.shape), dtype=np.float64)
         target = self.path(directory)
         buf = io.BytesIO()
         np.savez(buf, **arrays)  # type: ignore[arg-type]
@@ -446,6 +497,10 @@ class StateStore:
                     filled = data["filled"]
                     if window.shape != (len(names), self.lookback, self.n_features):
                         raise ValueError(f"window has shape {window.shape}")
+                extras = {k[6:]: data[k] for k in data.files if k.startswith("extra_")}
+                for name, arr in extras.items():
+                    if len(arr) != len(names):
+                        raise ValueError(f"extra {name} has shape {arr.shape}")
         except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
             log.warning("Ignoring damaged checkpoint %s (%s)", target, exc)
             return 0
@@ -458,6 +513,7 @@ class StateStore:
                 filled=0 if filled is None else int(filled[j]),
                 last_t=None if np.isnan(t) else t,
                 count=int(count[j]),
+                extra=self._fit_extra({k: np.array(v[j]) for k, v in extras.items()}),
             )
         return self._replay(directory, streams, int(header.get("seq", 0)))
 
