@@ -437,8 +437,10 @@ class StateStore:
             )
             arrays["filled"] = np.array([s.filled for s in states], dtype=np.int64)
         for name, zero in self.extras.items():
-            arrays[f"extra_{name}"] = np.stack([s.extra[name] for s in states]) if states \
-                else np.zeros((0, *zero.shape), dtype=np.float64)
+            rows = [s.extra[name] for s in states]
+            arrays[f"extra_{name}"] = (
+                np.stack(rows) if rows else np.zeros((0, *zero.shape), dtype=np.float64)
+            )
         target = self.path(directory)
         buf = io.BytesIO()
         np.savez(buf, **arrays)  # type: ignore[arg-type]
