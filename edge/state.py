@@ -436,10 +436,10 @@ class StateStore:
                 else np.zeros((0, self.lookback, self.n_features), dtype=np.float32)
             )
             arrays["filled"] = np.array([s.filled for s in states], dtype=np.int64)
-        for name, zero in self.extras.items():
+        for name, template in self.extras.items():
             rows = [s.extra[name] for s in states]
             arrays[f"extra_{name}"] = (
-                np.stack(rows) if rows else np.zeros((0, *zero.shape), dtype=np.float64)
+                np.stack(rows) if rows else np.zeros((0, *template.shape), dtype=np.float64)
             )
         target = self.path(directory)
         buf = io.BytesIO()
