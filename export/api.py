@@ -99,6 +99,8 @@ def make_manifest(source: Source, built: Built, *, kind: str, batch: str, precis
         lookback=lookback, max_gap=spec.max_gap if spec is not None else None,
         batch="1" if batch == "1" else "dynamic", precision=precision,
         metrics=dict(source.metrics), source=src, **_structure_fields(lay),
+        unit=spec.unit if spec is not None else None,
+        device_class=spec.device_class if spec is not None else None,
     )
 
 

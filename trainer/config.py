@@ -44,6 +44,8 @@ class TrainConfig:
     seed: int = 0
     residual: bool | None = None  # None: on for regression when every target is a feature
     quiet: bool = False
+    unit: str | None = None  # the targets' unit, carried into the manifest
+    device_class: str | None = None  # Home Assistant sensor device class of the targets
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:

@@ -176,7 +176,7 @@ def train(cfg: TrainConfig, log: Log = print) -> dict[str, Any]:
         batch_size=cfg.resolved_batch, seed=cfg.seed, data=_fingerprint(cfg, ds),
         residual=chosen is None and bool(_residual_features(ds, cfg, task)),
         structure=chosen.to_dict() if chosen is not None else None, ensemble=members,
-        statecast_version=__version__,
+        unit=cfg.unit, device_class=cfg.device_class, statecast_version=__version__,
     )
     spec.save(out)
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
