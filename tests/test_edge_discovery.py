@@ -195,7 +195,7 @@ def test_availability_follows_the_status_payload(models: dict[str, Path]) -> Non
 
 def test_forecast_payload_shape_is_what_the_templates_read(models: dict[str, Path]) -> None:
     """The fast path of the Encoder (cached fragments) gives the same document."""
-    disc, manifest = discovery(models["step"])
+    _, manifest = discovery(models["step"])
     payload = forecasts(models["step"], manifest, 1)[0]
     doc = json.loads(payload)
     assert set(doc) == {"stream", "ts", "forecast", "at", "model"}
