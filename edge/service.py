@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,10 +38,12 @@ from edge.errors import EdgeError
 from edge.metrics import Metrics, MetricsServer
 from edge.model import StepModel
 from edge.notify import Notifier
-from edge.record import Recorder
 from edge.runner import Runner
 from edge.state import StateStore, StreamState
 from edge.transport import Transport, forecast_properties
+
+if TYPE_CHECKING:
+    from edge.record import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -362,10 +364,11 @@ class Service:
         )
         self.events_topic = f"{self.status_topic}/events"
         self.command_topic = self.transport.command_topic
-        self.recorder = (
-            Recorder(config.record, self.manifest.features, fsync=config.fsync)
-            if config.record else None
-        )
+        self.recorder: Recorder | None = None
+        if config.record:
+            from edge.record import Recorder  # not at import: `python -m edge.record` runs it
+
+            self.recorder = Recorder(config.record, self.manifest.features, fsync=config.fsync)
         self._record_logged = 0.0
         self.discovery: Discovery | None = None
         self._forecast_props: Any = None
