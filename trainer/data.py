@@ -60,8 +60,16 @@ def read_table(path: str | Path) -> pd.DataFrame:
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 
 
+def table_files(path: str | Path) -> list[Path]:
+    """The files `read_table` reads: `path` itself, or a directory's tables in name order."""
+    p = Path(path)
+    if not p.is_dir():
+        return [p]
+    return sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in TABLE_SUFFIXES)
+
+
 def _read_directory(d: Path) -> pd.DataFrame:
-    files = sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in TABLE_SUFFIXES)
+    files = table_files(d)
     if not files:
         raise TrainError(f"data directory {d} holds no .csv or .parquet files")
     tables = [_read_file(f) for f in files]
