@@ -200,3 +200,26 @@ def test_forecast_payload_shape_is_what_the_templates_read(models: dict[str, Pat
     doc = json.loads(payload)
     assert set(doc) == {"stream", "ts", "forecast", "at", "model"}
     assert np.asarray(doc["forecast"]).shape == (manifest.horizon,)
+
+
+def test_settings_from_toml_and_flags(models: dict[str, Path], tmp_path: Path) -> None:
+    from edge.cli import build_parser, config_from_args
+    from edge.errors import EdgeError
+
+    toml = tmp_path / "edge.toml"
+    toml.write_text(f'model = "{models["step"]}"\nsubscribe = ["s/+/v"]\n'
+                    'ha_discovery = "homeassistant"\nha_steps = [1, 2]\n'
+                    'retain_forecasts = true\nrecord = "rec"\n')
+    cfg = config_from_args(build_parser().parse_args(["--config", str(toml)]))
+    assert (cfg.ha_discovery, cfg.ha_steps, cfg.retain_forecasts) == ("homeassistant", (1, 2),
+                                                                      True)
+    assert cfg.record == str(tmp_path / "rec")  # relative to the file
+    cfg = config_from_args(build_parser().parse_args(
+        ["--config", str(toml), "--ha-steps", "3", "--ha-discovery", "ha", "--record", "/r"]))
+    assert (cfg.ha_discovery, cfg.ha_steps, cfg.record) == ("ha", (3,), "/r")
+    for bad in ({"ha_steps": [0]}, {"ha_steps": "x"}, {"ha_discovery": "a/+"},
+                {"retain_forecasts": "yes"}):
+        with pytest.raises(EdgeError):
+            EdgeConfig.build({"model": "m.onnx", "subscribe": ["s/+/v"], **bad})
+    off = EdgeConfig(model="m.onnx", subscribe=("s/+/v",))
+    assert (off.ha_discovery, off.record, off.retain_forecasts) == (None, None, False)

@@ -255,3 +255,28 @@ def test_daemon_records_what_it_accepts(
     assert [row[1:] for row in data_rows(out)] == [["a", f"{40 + i}.0"] for i in range(4)]
     pub.loop_stop()
     pub.disconnect()
+
+
+def test_record_cli_needs_features_and_keeps_off_the_daemons_session(
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge.record import build_parser, config_from_args, main
+
+    base = ["--subscribe", "s/+/temp", "--out", str(tmp_path / "rec")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(base)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("statecast-record: error: no features given; pass --features A,B or "
+                   "--model FILE.onnx.")
+    cfg, features = config_from_args(build_parser().parse_args([*base, "--model",
+                                                                str(models["multi"])]))
+    assert features == ("temp", "hum")
+    assert cfg.client_id.startswith("statecast-record-")
+    toml = tmp_path / "edge.toml"
+    toml.write_text(f'model = "{models["step"]}"\nsubscribe = ["s/+/temp"]\n'
+                    'client_id = "edge-1"\nqos = 1\n[field_map]\ntemp = "t"\n')
+    cfg, features = config_from_args(build_parser().parse_args(
+        ["--config", str(toml), "--out", str(tmp_path / "rec")]))
+    assert (cfg.client_id, features, dict(cfg.field_map)) == ("edge-1-record", ("temp",),
+                                                              {"temp": "t"})
