@@ -35,6 +35,7 @@ import socket
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import timezone
 from pathlib import Path
@@ -56,6 +57,7 @@ from edge.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+OPEN_DAYS = 4  # files kept open at once
 SYNC_INTERVAL = 1.0  # seconds: the most rows a crash can lose
 COMMIT_ROWS = 1000  # ... or this many rows, whichever comes first (statecast-record)
 LOG_EVERY = 60.0
@@ -79,10 +81,12 @@ class Recorder:
         self.fsync = fsync
         self.interval = interval
         self.rows = 0
+        # the open days, most recent last: a sensor whose clock is a day off, or rows around
+        # midnight, do not reopen (and sync) a file per row
+        self._open_days: OrderedDict[str, tuple[IO[str], Any]] = OrderedDict()
         self._day: str | None = None
-        self._fh: IO[str] | None = None
         self._writer: Any = None
-        self._dirty = False
+        self._dirty: set[str] = set()
         self._last_sync = time.monotonic()
 
     def append_one(self, stream: str, obs: Observation) -> None:
@@ -92,47 +96,73 @@ class Recorder:
             ts = ts.astimezone(timezone.utc).replace(tzinfo=None)
         day = f"{ts.year:04d}-{ts.month:02d}-{ts.day:02d}"
         if day != self._day:
-            self._open(day)
+            self._use(day)
         self._writer.writerow([ts.isoformat(timespec="milliseconds"), stream,
                                *(str(v) for v in obs.values)])
-        self._dirty = True
+        self._dirty.add(day)
         self.rows += 1
 
     def sync(self, force: bool = False) -> bool:
         """Flush and fsync what was written, if anything was and (unless `force`) the last sync
         is `interval` old. True if it synced. Raises OSError when the disk refuses."""
-        if not self._dirty or self._fh is None:
+        if not self._dirty:
             return False
         now = time.monotonic()
         if not force and now - self._last_sync < self.interval:
             return False
-        self._fh.flush()
-        if self.fsync:
-            os.fsync(self._fh.fileno())
-        self._dirty = False
+        for day in sorted(self._dirty):
+            fh = self._open_days[day][0]
+            fh.flush()
+            if self.fsync:
+                os.fsync(fh.fileno())
+        self._dirty.clear()
         self._last_sync = now
         return True
 
     def close(self) -> None:
-        if self._fh is not None:
+        """Sync and close every open file."""
+        try:
             self.sync(force=True)
-            self._fh.close()
-            self._fh = None
+        finally:
+            for fh, _ in self._open_days.values():
+                fh.close()
+            self._open_days.clear()
             self._day = None
+            self._writer = None
 
     def path(self, day: str) -> Path:
         return self.directory / f"{day}.csv"
 
-    def _open(self, day: str) -> None:
-        """Make `day`'s file current: sync and close the last one, cut a torn tail, check the
-        header (or write it into a new file)."""
-        self.close()
+    def _use(self, day: str) -> None:
+        """Make `day`'s file the one rows go to, opening it (at most OPEN_DAYS stay open)."""
+        entry = self._open_days.get(day)
+        if entry is None:
+            if len(self._open_days) >= OPEN_DAYS:
+                old, (fh, _) = next(iter(self._open_days.items()))
+                if old in self._dirty:
+                    fh.flush()
+                    if self.fsync:
+                        os.fsync(fh.fileno())
+                    self._dirty.discard(old)
+                fh.close()
+                del self._open_days[old]
+            entry = self._open(day)
+            self._open_days[day] = entry
+        else:
+            self._open_days.move_to_end(day)
+        self._day = day
+        self._writer = entry[1]
+
+    def _open(self, day: str) -> tuple[IO[str], Any]:
+        """Open `day`'s file for appending: cut a torn tail, check the header (or write it into
+        a new file)."""
         path = self.path(day)
         fresh = _cut_torn_tail(path)
         fh = open(path, "a", encoding="utf-8", newline="")  # noqa: SIM115 - kept open
+        writer = csv.writer(fh, lineterminator="\n")
         if fresh:
-            csv.writer(fh, lineterminator="\n").writerow(self.header)
-            self._dirty = True
+            writer.writerow(self.header)
+            self._dirty.add(day)
         else:
             with open(path, encoding="utf-8", newline="") as rd:
                 first = next(csv.reader(rd), [])
@@ -142,10 +172,8 @@ class Recorder:
                     f"{path} has the columns {','.join(first)}, not {','.join(self.header)}; "
                     "record these features into another directory"
                 )
-        self._fh = fh
-        self._writer = csv.writer(fh, lineterminator="\n")
-        self._day = day
         log.info("Recording to %s", path)
+        return fh, writer
 
 
 def _cut_torn_tail(path: Path) -> bool:

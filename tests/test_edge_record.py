@@ -40,12 +40,14 @@ def test_rows_go_to_the_file_of_their_utc_day(tmp_path: Path) -> None:
     rec.append_one("kitchen", obs("2026-03-01T23:59:59", 20.5, 40.0, features=f))
     rec.append_one("hall, north", obs("2026-03-02T00:30:00+02:00", 21.25, 41.0, features=f))
     rec.append_one("kitchen", obs("2026-03-02T00:00:00.25", 19.0, 42.0, features=f))
+    rec.append_one("late", obs("2026-03-01T12:00:00", 1.0, 2.0, features=f))  # a day behind
     rec.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["2026-03-01.csv", "2026-03-02.csv"]
     assert rows(tmp_path / "2026-03-01.csv") == [
         ["ts", "stream", "temp", "hum"],
         ["2026-03-01T23:59:59.000", "kitchen", "20.5", "40.0"],
         ["2026-03-01T22:30:00.000", "hall, north", "21.25", "41.0"],  # in UTC
+        ["2026-03-01T12:00:00.000", "late", "1.0", "2.0"],
     ]
     assert rows(tmp_path / "2026-03-02.csv") == [
         ["ts", "stream", "temp", "hum"], ["2026-03-02T00:00:00.250", "kitchen", "19.0", "42.0"]]
