@@ -75,7 +75,7 @@ class Discovery:
         self.targets: list[str | None] = (
             [None] if self.classify or len(targets) <= 1 else list(targets)
         )
-        self._announced: set[str] = set()
+        self._announced: dict[str, int] = {}  # stream -> the connection it was announced on
         self._connection = -1
 
     def forecast_topic(self, stream: str) -> str:
@@ -161,28 +161,28 @@ class Discovery:
 
     # -- what the daemon has announced ---------------------------------------------------------
 
-    def announce_one(self, stream: str) -> list[tuple[str, bytes]]:
+    def announce_one(self, stream: str, connection: int) -> list[tuple[str, bytes]]:
         """The configs of a stream not announced yet on this connection (else nothing)."""
-        if stream in self._announced:
+        if self._announced.get(stream) == connection:
             return []
         if len(self._announced) >= 100_000:
             self._announced.clear()
-        self._announced.add(stream)
+        self._announced[stream] = connection
         return self.configs(stream)
 
     def announce_resident(self, streams: Iterable[str], connection: int) -> list[tuple[str, bytes]]:
-        """After a (re)connect or a model change: the configs of every resident stream, once per
-        connection (a broker that lost its retained messages gets them again)."""
+        """After a (re)connect or a model change: the configs of every resident stream not yet
+        announced on this connection (a broker that lost its retained messages gets them
+        again)."""
         if connection == self._connection:
             return []
         self._connection = connection
-        self._announced.clear()
         out: list[tuple[str, bytes]] = []
         for stream in streams:
-            out += self.announce_one(stream)
+            out += self.announce_one(stream, connection)
         return out
 
     def forget(self, stream: str) -> list[tuple[str, bytes]]:
         """The removals of a dropped stream's entities."""
-        self._announced.discard(stream)
+        self._announced.pop(stream, None)
         return self.removals(stream)

@@ -447,7 +447,7 @@ class Service:
                     log.warning("Could not record an observation in %s (%s); further failures "
                                 "are logged at most once a minute", self.config.record, exc)
         if self.discovery is not None:
-            self._retained(self.discovery.announce_one(stream))
+            self._retained(self.discovery.announce_one(stream, self.transport.connects))
 
     def _retained(self, messages: list[tuple[str, bytes]]) -> None:
         for topic, body in messages:

@@ -169,3 +169,36 @@ def test_properties_are_built_once_per_model() -> None:
     assert props.packetType == PacketTypes.PUBLISH
     assert props.MessageExpiryInterval == 1800
     assert forecast_properties("m1", None).json().get("MessageExpiryInterval") is None
+
+
+def test_a_model_reload_announces_the_streams_again(
+    broker: Mosquitto, models: dict[str, Path], daemon_factory: Any, collector_factory: Any,
+    tmp_path: Path,
+) -> None:
+    import os
+    import shutil
+
+    cid = f"e{uuid.uuid4().hex[:8]}"
+    prefix = f"ha{cid}"
+    model = tmp_path / "live.onnx"
+    shutil.copyfile(models["step"], model)
+    col = collector_factory(broker, [f"{cid}-out/#", f"statecast/status/{cid}", f"{prefix}/#"])
+    mark = col.mark()
+    d = daemon_factory("--model", str(model), "--broker", broker.url, "--subscribe",
+                       f"{cid}/+/temp", "--publish", f"{cid}-out/{{stream}}", "--client-id", cid,
+                       "--ha-discovery", prefix)
+    assert col.wait_status(cid, "online", mark), d.log()
+    observe(broker, cid, ["kitchen"], 1)
+    col.wait_for(f"{prefix}/", 2)
+    time.sleep(1.5)  # the worker's upkeep after connecting announces nothing twice
+    first = col.json(f"{prefix}/")
+    assert len(first) == 2
+    assert {c["device"]["model"] for c in first} == {"test-step"}
+    mark = col.mark()
+    tmp = tmp_path / "next.onnx"
+    shutil.copyfile(models["step2"], tmp)
+    os.replace(tmp, model)  # the daemon sees the new file and reloads
+    again = col.wait_for(f"{prefix}/", 2, since=mark)
+    assert {c["device"]["model"] for c in again} == {"test-step-other"}, d.log()
+    assert sorted(c["unique_id"] for c in again) == sorted(c["unique_id"] for c in first)
+    assert d.stop() == 0
