@@ -27,6 +27,8 @@ The stream id is the topic level matched by the first '+' of the subscription (o
 N, or --stream-field KEY of the payload).
 Payloads: {{"ts": ISO-8601 or epoch, "<feature>": number}}.
 The broker password is read from --password-file or ${PASSWORD_ENV}.
+--record DIR appends every accepted observation to DIR/YYYY-MM-DD.csv (statecast-train --data
+DIR reads them); --ha-discovery homeassistant announces each stream's forecasts to Home Assistant.
 Send 'reload', 'reset STREAM' or 'drop STREAM' to the commands topic; replacing the model file
 (atomic rename) or SIGHUP also reloads it.
 Exit status: 0 after SIGTERM/SIGINT, 2 bad arguments, config or model, 3 the broker refused the
@@ -164,6 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{', '.join(m.features)}, horizon {m.horizon}, freq {m.freq}); broker "
             f"{config.broker_url}; subscribe {', '.join(config.subscribe)}; publish "
             f"{config.publish}; errors {config.errors}; status {service.status_topic}"
+            + (f"; record {config.record}" if config.record else "")
+            + (f"; Home Assistant discovery under {config.ha_discovery}/"
+               if config.ha_discovery else "")
         )
         return 0
 
