@@ -348,8 +348,14 @@ class RecordService:
                     item = self.queue.get_nowait()
                 except queue.Empty:
                     item = None
-            if self._acks or self.recorder.sync():
-                self._commit()
+            if any(qos for _, qos in self._acks):
+                self._commit()  # QoS 1: fsync now, then acknowledge
+            else:
+                self._acks.clear()  # QoS 0: nothing to acknowledge; sync once a second
+                try:
+                    self.recorder.sync()
+                except OSError as exc:
+                    log.warning("Could not sync the record to %s (%s)", self.config.record, exc)
         self._commit()
         self.recorder.close()
 

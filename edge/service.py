@@ -629,9 +629,9 @@ class Service:
         self._maybe_checkpoint(force=True)  # the old model's states, durable under its id
         old_store = self.processor.store
         old_spill = old_store.spill_dir(directory) if directory is not None else None
-        self._model_extras(swap.model, swap.freq)
         proc = Processor(self.config, swap.model, swap.freq, self._publish, self.metrics,
-                         store=old_store, **self._hooks())
+                         store=old_store, **self._hooks())  # the same hooks: the same settings
+        self._model_extras(swap.model, swap.freq)
         kept = proc.store is old_store
         if directory is not None:
             if kept and old_spill is not None and old_spill.is_dir():

@@ -282,3 +282,25 @@ def test_record_cli_needs_features_and_keeps_off_the_daemons_session(
         ["--config", str(toml), "--out", str(tmp_path / "rec")]))
     assert (cfg.client_id, features, dict(cfg.field_map)) == ("edge-1-record", ("temp",),
                                                               {"temp": "t"})
+
+
+@pytest.mark.broker
+def test_record_at_qos_0_syncs_within_seconds(
+    broker: Mosquitto, tmp_path: Path, recorders: Any, collector_factory: Any
+) -> None:
+    _, make = recorders
+    cid = f"r{uuid.uuid4().hex[:8]}"
+    out = tmp_path / "rec"
+    col = collector_factory(broker, [f"statecast/status/{cid}"])
+    r = start(make, col, cid, "--broker", broker.url, "--subscribe", f"{cid}/+/temp",
+              "--features", "temp", "--client-id", cid, "--out", str(out), "--qos", "0")
+    pub = publisher(broker)
+    for i in range(3):
+        pub.publish(f"{cid}/a/temp", json.dumps({"ts": stamp(i), "temp": i}), qos=0)
+    # no shutdown: the rows reach the file by the periodic sync alone
+    assert len(wait_rows(out, 3, timeout=5)) == 3
+    r.proc.kill()
+    r.proc.wait(5)
+    assert len(data_rows(out)) == 3
+    pub.loop_stop()
+    pub.disconnect()
