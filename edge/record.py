@@ -324,6 +324,15 @@ class RecordService:
         return True
 
     def _work(self) -> None:
+        """The worker: decode and write; at QoS 1 fsync and acknowledge when the queue runs dry,
+        after COMMIT_ROWS rows or SYNC_INTERVAL, whichever comes first. A disk that refuses a
+        write ends it (nothing unwritten is acknowledged) and the recorder exits 1."""
+        try:
+            self._work_loop()
+        except OSError as exc:
+            log.error("Could not write the record to %s (%s); stopping", self.config.record, exc)
+
+    def _work_loop(self) -> None:
         running = True
         while running:
             wait = SYNC_INTERVAL
