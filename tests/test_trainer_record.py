@@ -78,3 +78,9 @@ def test_recorded_directory_trains_and_exports_with_its_unit(tmp_path: Path) -> 
     from edge.model import StepModel
 
     assert StepModel(tmp_path / "m.onnx").manifest.unit == "°C"
+    from export.cli import main as export_main
+
+    assert export_main([str(run), "--out", str(tmp_path / "f.onnx"), "--unit", "°F",
+                        "--no-verify"]) == 0
+    manifest = StepModel(tmp_path / "f.onnx").manifest
+    assert (manifest.unit, manifest.device_class) == ("°F", "temperature")
