@@ -15,10 +15,12 @@ Crash reasoning (`statecast-record`): rows are written, then flushed and fsync'd
 messages that produced them are acknowledged — when the queue runs dry, after 1,000 rows, or
 after a second at the latest. A crash before the fsync loses at most that second of rows, and
 the broker delivers those messages again to the next session (same client id, no clean start),
-so nothing acknowledged is lost; a crash between the fsync and the acknowledgements writes
-their rows twice (the trainer keeps the first row of a duplicate timestamp). A kill in the
-middle of a write leaves a torn last line: it is cut when the file is opened again, so a
-restart appends whole rows after whole rows, and the header is written only into a new file.
+so nothing acknowledged is lost. A crash between the fsync and the acknowledgements also gets
+those messages again; the restarted recorder has read each stream's latest time back from the
+end of its newest files, so they are dropped as duplicates (reported, as the daemon reports
+duplicates) and not written twice. A kill in the middle of a write leaves a torn last line: it
+is cut when the file is opened again, so a restart appends whole rows after whole rows, and the
+header is written only into a new file.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import csv
 import hashlib
 import json
 import logging
+import math
 import os
 import queue
 import signal
@@ -37,7 +40,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from datetime import timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
@@ -48,6 +51,7 @@ from edge.codec import (
     Observation,
     PayloadError,
     StreamRouter,
+    epoch,
     error_payload,
     truncate,
 )
@@ -58,6 +62,7 @@ from edge.metrics import Metrics
 log = logging.getLogger(__name__)
 
 OPEN_DAYS = 4  # files kept open at once
+TAIL_BYTES = 1 << 20  # read back at start: far more than the rows a crash leaves unacknowledged
 SYNC_INTERVAL = 1.0  # seconds: the most rows a crash can lose
 COMMIT_ROWS = 1000  # ... or this many rows, whichever comes first (statecast-record)
 LOG_EVERY = 60.0
@@ -132,6 +137,32 @@ class Recorder:
 
     def path(self, day: str) -> Path:
         return self.directory / f"{day}.csv"
+
+    def last_times(self, tail_bytes: int = TAIL_BYTES) -> dict[str, float]:
+        """The latest time (epoch seconds) of each stream in the last rows of the most recently
+        written files: what a restarted recorder needs to drop the messages the broker delivers
+        again (rows written, fsync'd, not yet acknowledged)."""
+        files = sorted(self.directory.glob("*.csv"), key=lambda f: f.stat().st_mtime)
+        last: dict[str, float] = {}
+        for path in files[-OPEN_DAYS:]:
+            with open(path, "rb") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                start = max(0, size - tail_bytes)
+                fh.seek(max(0, start - 1))  # from the byte before: is `start` a line start?
+                data = fh.read()
+            lines = data.decode("utf-8", "replace").split("\n")
+            if start > 0:
+                lines = lines[1:]  # the part of a line before `start` (or nothing)
+            for row in csv.reader(lines[:-1]):  # the last is empty or torn
+                if len(row) != len(self.header) or row[:2] == ["ts", "stream"]:
+                    continue
+                try:
+                    t = epoch(datetime.fromisoformat(row[0]))
+                except ValueError:
+                    continue
+                if t > last.get(row[1], -math.inf):
+                    last[row[1]] = t
+        return last
 
     def _use(self, day: str) -> None:
         """Make `day`'s file the one rows go to, opening it (at most OPEN_DAYS stay open)."""
@@ -241,7 +272,10 @@ class RecordService:
         )
         self.worker = threading.Thread(target=self._work, name="statecast-record-worker",
                                        daemon=True)
-        self._last_t: dict[str, float] = {}
+        # the last time of each stream, for the duplicate check: after a restart, from the
+        # newest rows on disk, so a message written but not acknowledged before a crash (and
+        # delivered again) is not written twice
+        self._last_t: dict[str, float] = self.recorder.last_times()
         self._last_log: dict[str, float] = {}
         self._acks: list[tuple[int, int]] = []
         self._since = time.monotonic()
