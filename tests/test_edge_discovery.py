@@ -95,10 +95,13 @@ def forecasts(model: Path, manifest: Manifest, n: int = 3) -> list[bytes]:
     return out
 
 
-def discovery(model: Path, **kw: Any) -> tuple[Discovery, Manifest]:
+def discovery(model: Path, classes: tuple[str, ...] | None = None,
+              **kw: Any) -> tuple[Discovery, Manifest]:
     cfg = EdgeConfig(model=str(model), subscribe=("s/+/v",), client_id="edge-1",
                      ha_discovery="homeassistant", **kw)
     manifest = StepModel(model).manifest
+    if classes is not None:
+        manifest = dataclasses.replace(manifest, classes=classes)
     if manifest.task == "regress":
         manifest = dataclasses.replace(manifest, unit="°C", device_class="temperature")
     return Discovery(cfg, manifest, "statecast/status/edge-1", "0.1.0"), manifest
@@ -157,22 +160,25 @@ def test_multi_target_gets_one_entity_per_target(models: dict[str, Path]) -> Non
         assert attrs["at"] == sent["at"][0]
 
 
-@pytest.mark.parametrize("horizon", [1, 2])
+@pytest.mark.parametrize(("horizon", "classes"), [
+    (1, ("cold", "mild", "warm")), (2, ("cold", "mild", "warm")),
+    (2, ("kalt", "mild ☀", 'w"arm\\')),  # names that need escaping in a template
+])
 def test_classifier_configs_give_the_label_and_probabilities(
-    models: dict[str, Path], tmp_path: Path, horizon: int
+    models: dict[str, Path], tmp_path: Path, horizon: int, classes: tuple[str, ...]
 ) -> None:
     from edge_models import build_model
 
     path = models["classify"] if horizon == 2 else build_model(
         tmp_path / "c1.onnx", task="classify", classes=("cold", "mild", "warm"), horizon=1,
         model_id="test-cls-1")
-    disc, manifest = discovery(path)
+    disc, manifest = discovery(path, classes)
     configs = [json.loads(b) for _, b in disc.configs("kitchen")]
     assert len(configs) == len(dict.fromkeys((1, horizon)))
     for step, doc in zip(disc.steps, configs, strict=True):
         check_config(doc)
         assert doc["device_class"] == "enum"
-        assert doc["options"] == ["cold", "mild", "warm"]
+        assert doc["options"] == list(classes)
         for payload in forecasts(path, manifest):
             sent = json.loads(payload)
             label = render(doc["value_template"], payload)
