@@ -44,6 +44,14 @@ def test_empty_directory_and_mismatched_columns_exit_2(
     assert "every file of" in err and len(err.splitlines()) == 1
 
 
+def test_device_class_is_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_csv(hourly_sine(40), tmp_path / "d.csv")
+    assert main(["--data", str(data), "--target", "temp", "--device-class", "Temperature °C",
+                 "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not a Home Assistant sensor device class" in err and len(err.splitlines()) == 1
+
+
 def record(directory: Path, streams: dict[str, pd.DataFrame]) -> None:
     """Write what statecast-record writes for these observations (interleaved by time)."""
     rec = Recorder(directory, ("temp",))
