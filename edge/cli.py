@@ -27,6 +27,8 @@ The stream id is the topic level matched by the first '+' of the subscription (o
 N, or --stream-field KEY of the payload).
 Payloads: {{"ts": ISO-8601 or epoch, "<feature>": number}}.
 The broker password is read from --password-file or ${PASSWORD_ENV}.
+--record DIR appends every accepted observation to DIR/YYYY-MM-DD.csv (statecast-train --data
+DIR reads them); --ha-discovery homeassistant announces each stream's forecasts to Home Assistant.
 Send 'reload', 'reset STREAM' or 'drop STREAM' to the commands topic; replacing the model file
 (atomic rename) or SIGHUP also reloads it.
 Exit status: 0 after SIGTERM/SIGINT, 2 bad arguments, config or model, 3 the broker refused the
@@ -50,44 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = p.add_argument
     add("--model", metavar="FILE.onnx", help="exported model (statecast-export)")
-    add("--broker", metavar="URL", help="mqtt://HOST:PORT or mqtts://HOST:PORT "
-        "(default mqtt://localhost:1883)")
-    add("--subscribe", metavar="PATTERN", action="append",
-        help="topic filter to read observations from (repeatable)")
-    add("--publish", metavar="TEMPLATE", help="prediction topic (default forecasts/{stream})")
-    add("--errors", metavar="TEMPLATE", help="error topic (default statecast/errors/{stream})")
+    add_connection_flags(p, publish=True)
     add("--state-dir", metavar="DIR", help="checkpoint stream states here and restore them")
-    add("--client-id", metavar="ID", help="stable MQTT client id (default "
-        "statecast-edge-HOST-HASH, the hash of --subscribe and --publish)")
-    add("--qos", type=int, choices=(0, 1), help="QoS of subscriptions and publications (default 1)")
-    add("--config", metavar="FILE.toml", help="settings file; flags override it")
     add("--check-config", action="store_true",
         help="validate the model, manifest, topics and settings, then exit")
-    add("--mqtt-version", choices=("3.1.1", "5"), help="protocol version (default 3.1.1; "
-        "5 reports publications the broker's ACL refuses, at some cost per message)")
-    add("--username", help="broker user name")
-    add("--password-file", metavar="FILE", help=f"file holding the broker password "
-        f"(or set ${PASSWORD_ENV})")
-    add("--ca-file", "--tls-ca", dest="ca_file", metavar="FILE",
-        help="CA certificate that signed the broker's (enables TLS)")
-    add("--cert-file", "--tls-cert", dest="cert_file", metavar="FILE",
-        help="client certificate, if the broker asks for one")
-    add("--key-file", "--tls-key", dest="key_file", metavar="FILE", help="its private key")
-    add("--tls-insecure", action="store_true", default=None,
-        help="do not verify the broker's certificate (testing only; logged at every start)")
     add("--commands", metavar="TEMPLATE", help="command topic: reload, reset STREAM, drop STREAM "
         "(default statecast/cmd/{client_id})")
-    add("--stream-level", type=int, metavar="N", help="topic level (from 0) holding the stream id")
-    add("--stream-field", metavar="KEY", help="payload field holding the stream id")
-    add("--max-payload", type=int, metavar="BYTES", help="larger payloads are dropped "
-        "(default 16384)")
     add("--on-gap", choices=("reset", "keep"), help="what a gap over max_gap periods does to a "
         "stream's state (default reset)")
-    add("--late", choices=("drop", "accept"), help="duplicate or out-of-order timestamps "
-        "(default drop)")
     add("--metrics-port", type=int, metavar="PORT", help="serve /metrics and /healthz")
     add("--metrics-host", metavar="HOST", help="address for --metrics-port (default 127.0.0.1)")
-    add("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
     add("--max-batch", type=int, metavar="N", help="most observations stepped in one run of a "
         "dynamic-batch graph, one per stream (default 256)")
     add("--max-delay-ms", type=float, metavar="MS", help="how long the worker may wait for more "
@@ -101,7 +75,51 @@ def build_parser() -> argparse.ArgumentParser:
         "memory (with --state-dir their state is kept on disk and restored when they return)")
     add("--max-resident", type=int, metavar="N", help="keep at most N streams in memory, "
         "evicting the least recently used")
+    add("--record", metavar="DIR", help="also append every accepted observation to "
+        "DIR/YYYY-MM-DD.csv (one file per UTC day; statecast-train --data DIR reads them)")
+    add("--ha-discovery", metavar="PREFIX", help="announce each stream's forecasts to Home "
+        "Assistant by MQTT discovery under PREFIX (usually homeassistant)")
+    add("--ha-steps", metavar="N[,N]", help="horizon steps announced to Home Assistant "
+        "(default the first and the last)")
+    add("--retain-forecasts", action="store_const", const=True, help="retain the latest "
+        "forecast of each stream on its topic")
     return p
+
+
+def add_connection_flags(p: argparse.ArgumentParser, *, publish: bool) -> None:
+    """The flags of the MQTT connection and of reading observations, shared by
+    `statecast-edge` and `statecast-record`."""
+    add = p.add_argument
+    add("--broker", metavar="URL", help="mqtt://HOST:PORT or mqtts://HOST:PORT "
+        "(default mqtt://localhost:1883)")
+    add("--subscribe", metavar="PATTERN", action="append",
+        help="topic filter to read observations from (repeatable)")
+    if publish:
+        add("--publish", metavar="TEMPLATE", help="prediction topic (default forecasts/{stream})")
+    add("--errors", metavar="TEMPLATE", help="error topic (default statecast/errors/{stream})")
+    add("--client-id", metavar="ID", help="stable MQTT client id (default "
+        f"statecast-{'edge' if publish else 'record'}-HOST-HASH, the hash of the topics)")
+    add("--qos", type=int, choices=(0, 1), help="QoS of subscriptions and publications (default 1)")
+    add("--config", metavar="FILE.toml", help="settings file; flags override it")
+    add("--mqtt-version", choices=("3.1.1", "5"), help="protocol version (default 3.1.1; "
+        "5 reports publications the broker's ACL refuses, at some cost per message)")
+    add("--username", help="broker user name")
+    add("--password-file", metavar="FILE", help=f"file holding the broker password "
+        f"(or set ${PASSWORD_ENV})")
+    add("--ca-file", "--tls-ca", dest="ca_file", metavar="FILE",
+        help="CA certificate that signed the broker's (enables TLS)")
+    add("--cert-file", "--tls-cert", dest="cert_file", metavar="FILE",
+        help="client certificate, if the broker asks for one")
+    add("--key-file", "--tls-key", dest="key_file", metavar="FILE", help="its private key")
+    add("--tls-insecure", action="store_true", default=None,
+        help="do not verify the broker's certificate (testing only; logged at every start)")
+    add("--stream-level", type=int, metavar="N", help="topic level (from 0) holding the stream id")
+    add("--stream-field", metavar="KEY", help="payload field holding the stream id")
+    add("--max-payload", type=int, metavar="BYTES", help="larger payloads are dropped "
+        "(default 16384)")
+    add("--late", choices=("drop", "accept"), help="duplicate or out-of-order timestamps "
+        "(default drop)")
+    add("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
 
 
 FLAG_KEYS = (
@@ -110,14 +128,15 @@ FLAG_KEYS = (
     "tls_insecure", "commands",
     "stream_level", "stream_field", "max_payload", "on_gap", "late", "metrics_port",
     "metrics_host", "log_level", "max_batch", "max_delay_ms", "commit_interval", "commit_max",
-    "fsync", "stream_ttl", "max_resident",
+    "fsync", "stream_ttl", "max_resident", "record", "ha_discovery", "ha_steps",
+    "retain_forecasts",
 )
 
 
 def config_from_args(args: argparse.Namespace) -> EdgeConfig:
     settings: dict[str, Any] = read_toml(args.config) if args.config else {}
     for key in FLAG_KEYS:
-        value = getattr(args, key)
+        value = getattr(args, key, None)
         if value is not None:
             settings[key] = tuple(value) if key == "subscribe" else value
     return EdgeConfig.build(settings)
@@ -133,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         config = config_from_args(args)
+        if not config.model:
+            raise EdgeError("no model given; pass --model FILE.onnx")
         logging.getLogger().setLevel(config.log_level.upper())
         model, freq = load_model(config)
         service = Service(config, model, freq)
@@ -145,6 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{', '.join(m.features)}, horizon {m.horizon}, freq {m.freq}); broker "
             f"{config.broker_url}; subscribe {', '.join(config.subscribe)}; publish "
             f"{config.publish}; errors {config.errors}; status {service.status_topic}"
+            + (f"; record {config.record}" if config.record else "")
+            + (f"; Home Assistant discovery under {config.ha_discovery}/"
+               if config.ha_discovery else "")
         )
         return 0
 

@@ -319,17 +319,24 @@ class Encoder:
         return json.dumps(doc, separators=(",", ":")).encode()
 
     def error(self, stream: str, reason: str, detail: str, payload: bytes, topic: str) -> bytes:
-        return json.dumps(
-            {
-                "stream": stream,
-                "reason": reason,
-                "detail": detail,
-                "payload": truncate(payload),
-                "topic": topic,
-                "model": self.model_id,
-            },
-            separators=(",", ":"),
-        ).encode()
+        return error_payload(stream, reason, detail, payload, topic, self.model_id)
+
+
+def error_payload(
+    stream: str, reason: str, detail: str, payload: bytes, topic: str, model: str | None
+) -> bytes:
+    """The message published on the error topic for a dropped observation."""
+    return json.dumps(
+        {
+            "stream": stream,
+            "reason": reason,
+            "detail": detail,
+            "payload": truncate(payload),
+            "topic": topic,
+            "model": model,
+        },
+        separators=(",", ":"),
+    ).encode()
 
 
 def truncate(payload: bytes, limit: int = TRUNCATE) -> str:

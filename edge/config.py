@@ -15,6 +15,9 @@ An example `edge.toml` (keys are the long flag names, with `-` or `_`)::
     password_file = "/etc/statecast/mqtt-password"
     ca_file = "/etc/statecast/ca.crt"
     metrics_port = 9108
+    record = "/var/lib/statecast/record"   # also append every accepted observation to CSV
+    ha_discovery = "homeassistant"         # announce forecasts to Home Assistant
+    ha_steps = [1, 6]
 
     [field_map]                            # model feature -> payload key
     temp = "t"
@@ -41,7 +44,7 @@ from edge.errors import EdgeError
 
 PASSWORD_ENV = "STATECAST_MQTT_PASSWORD"
 SCHEMES = {"mqtt": (1883, False), "tcp": (1883, False), "mqtts": (8883, True), "ssl": (8883, True)}
-PATH_KEYS = ("model", "state_dir", "password_file", "ca_file", "cert_file", "key_file")
+PATH_KEYS = ("model", "state_dir", "record", "password_file", "ca_file", "cert_file", "key_file")
 # Earlier names of settings, still accepted.
 ALIASES = {"tls_ca": "ca_file", "tls_cert": "cert_file", "tls_key": "key_file"}
 
@@ -139,9 +142,17 @@ class EdgeConfig:
     fsync: bool = True
     stream_ttl: float | None = None
     max_resident: int | None = None
+    # append every accepted observation to DIR/YYYY-MM-DD.csv (edge/record.py)
+    record: str | None = None
+    # Home Assistant MQTT discovery prefix (edge/discovery.py); None: no discovery
+    ha_discovery: str | None = None
+    # horizon steps announced to Home Assistant (from 1); empty: the first and the last
+    ha_steps: tuple[int, ...] = ()
+    # retain the latest forecast of each stream on its topic
+    retain_forecasts: bool = False
 
     def __post_init__(self) -> None:
-        if not self.model:
+        if not self.model and not self.record:  # statecast-record needs no model
             raise EdgeError("no model given; pass --model FILE.onnx")
         if not self.subscribe:
             raise EdgeError("no subscription given; pass --subscribe PATTERN")
@@ -213,6 +224,14 @@ class EdgeConfig:
             raise EdgeError("max_batch must be from 1 to 65536")
         if not 0 <= self.max_delay_ms <= 1000:
             raise EdgeError("max_delay_ms must be from 0 to 1000")
+        if self.record is not None and not self.record:
+            raise EdgeError("record must name a directory")
+        if self.ha_discovery is not None and (
+            not self.ha_discovery or any(c in self.ha_discovery for c in "+#\x00")
+        ):
+            raise EdgeError(f"ha_discovery {self.ha_discovery!r} is not a topic prefix")
+        if any(s < 1 for s in self.ha_steps):
+            raise EdgeError("ha_steps must be horizon steps from 1")
 
     @property
     def broker_url(self) -> BrokerURL:
@@ -245,8 +264,9 @@ class EdgeConfig:
             if value is None:
                 continue
             values[key] = _coerce(key, value)
-        if "model" not in values:
+        if "model" not in values and "record" not in values:
             raise EdgeError("no model given; pass --model FILE.onnx")
+        values.setdefault("model", "")
         values.setdefault("subscribe", ())
         return cls(**values)
 
@@ -272,7 +292,20 @@ def _coerce(key: str, value: Any) -> Any:
         if not isinstance(value, Mapping):
             raise EdgeError("field_map must be a table of feature = payload key")
         return dict(value)
-    if key in ("tls_insecure", "fsync"):
+    if key == "ha_steps":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return (value,)
+        if isinstance(value, str):
+            try:
+                return tuple(int(v) for v in value.split(",") if v.strip())
+            except ValueError:
+                raise EdgeError(f"ha_steps must be steps such as 1,6, not {value!r}") from None
+        if isinstance(value, (list, tuple)) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            return tuple(value)
+        raise EdgeError("ha_steps must be a list of horizon steps such as [1, 6]")
+    if key in ("tls_insecure", "fsync", "retain_forecasts"):
         if not isinstance(value, bool):
             raise EdgeError(f"{key} must be true or false")
         return value

@@ -73,6 +73,10 @@ class Manifest:
     warmup: int = 0
     # What surrounds the LSTM (seasonal memory, base forecast, log, derived inputs), for people.
     structure: dict[str, Any] = field(default_factory=dict)
+    # The targets' unit of measurement ("°C") and Home Assistant sensor device class
+    # ("temperature"), from `statecast-train --unit/--device-class`; for dashboards.
+    unit: str | None = None
+    device_class: str | None = None
     format: int = FORMAT
 
     def __post_init__(self) -> None:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,13 +33,17 @@ from edge.codec import (
     truncate,
 )
 from edge.config import EdgeConfig
+from edge.discovery import Discovery
 from edge.errors import EdgeError
 from edge.metrics import Metrics, MetricsServer
 from edge.model import StepModel
 from edge.notify import Notifier
 from edge.runner import Runner
 from edge.state import StateStore, StreamState
-from edge.transport import Transport
+from edge.transport import Transport, forecast_properties
+
+if TYPE_CHECKING:
+    from edge.record import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +114,19 @@ class Processor:
         publish: Publisher,
         metrics: Metrics | None = None,
         store: StateStore | None = None,
+        *,
+        on_admit: Callable[[str, Observation], None] | None = None,
+        publish_forecast: Publisher | None = None,
     ) -> None:
         m = model.manifest
         self.config = config
         self.manifest = m
         self.model_id = m.model_id
         self.publish = publish
+        # forecasts may go out differently (retained, MQTT 5 properties); errors never do
+        self.publish_forecast = publish_forecast or publish
+        # told of every observation that passed `_admit` (recording, discovery)
+        self.on_admit = on_admit
         self.metrics = metrics or Metrics(m.model_id)
         self.runner = Runner(model)
         self.decoder = Decoder(
@@ -223,7 +234,7 @@ class Processor:
     def _emit(self, stream: str, obs: Observation, y: np.ndarray) -> None:
         """Encode and publish one prediction (`y` with its batch dimension of 1)."""
         body = self.encoder.prediction(stream, obs, y)
-        if self.publish(self.topic(self.config.publish, stream), body, self.qos):
+        if self.publish_forecast(self.topic(self.config.publish, stream), body, self.qos):
             self.metrics.predictions_out += 1
         else:
             self.metrics.drop("publish_refused")
@@ -256,6 +267,8 @@ class Processor:
                 if stream in seen:
                     made += self._step_pending()
                 st = self._admit(stream, obs, topic, payload)
+                if self.on_admit is not None:
+                    self.on_admit(stream, obs)
                 pending.append((stream, st, obs, topic, payload))
                 seen.add(stream)
                 if len(pending) >= limit:
@@ -338,7 +351,8 @@ class Service:
         self._reload_wanted = threading.Event()
         self._beat = time.monotonic()
         self._status_counts = (0, 0)
-        self._outbox: list[tuple[str, bytes, int]] = []
+        # (topic, payload, qos, retain, MQTT 5 properties or None)
+        self._outbox: list[tuple[str, bytes, int, bool, Any]] = []
         self.status_topic = config.status.format(
             client_id=config.client_id, model=self.manifest.model_id, stream=""
         )
@@ -353,7 +367,17 @@ class Service:
         )
         self.events_topic = f"{self.status_topic}/events"
         self.command_topic = self.transport.command_topic
-        self.processor = Processor(config, model, freq, self._publish, self.metrics)
+        self.recorder: Recorder | None = None
+        if config.record:
+            from edge.record import Recorder  # not at import: `python -m edge.record` runs it
+
+            self.recorder = Recorder(config.record, self.manifest.features, fsync=config.fsync)
+        self._record_logged = 0.0
+        self.discovery: Discovery | None = None
+        self._forecast_props: Any = None
+        self._model_extras(model, freq)
+        self.processor = Processor(config, model, freq, self._publish, self.metrics,
+                                   **self._hooks())
         self.stopping = threading.Event()
         self.worker = threading.Thread(target=self._work, name="statecast-worker", daemon=True)
         self.metrics_server: MetricsServer | None = None
@@ -380,8 +404,69 @@ class Service:
 
     def _publish(self, topic: str, payload: bytes, qos: int) -> bool:
         """Collect for `_flush` (the worker publishes a batch at once)."""
-        self._outbox.append((topic, payload, qos))
+        self._outbox.append((topic, payload, qos, False, None))
         return True
+
+    def _publish_forecast(self, topic: str, payload: bytes, qos: int) -> bool:
+        """As `_publish`, retained with `retain_forecasts` and with the model's MQTT 5
+        properties."""
+        self._outbox.append((topic, payload, qos, self.config.retain_forecasts,
+                             self._forecast_props))
+        return True
+
+    # -- recording and discovery (edge/record.py, edge/discovery.py) --------------------------
+
+    def _model_extras(self, model: StepModel, freq: timedelta | None) -> None:
+        """What depends on the live model besides the processor: discovery configs (announced
+        again for the new model) and the forecasts' MQTT 5 properties."""
+        cfg = self.config
+        if cfg.ha_discovery is not None:
+            from edge import __version__
+
+            self.discovery = Discovery(cfg, model.manifest, self.status_topic, __version__)
+        if cfg.mqtt_version == "5":
+            self._forecast_props = forecast_properties(
+                model.manifest.model_id, freq.total_seconds() if freq is not None else None)
+
+    def _hooks(self) -> dict[str, Any]:
+        """The processor's hooks: only what is switched on costs anything per message."""
+        hooks: dict[str, Any] = {}
+        if self.recorder is not None or self.discovery is not None:
+            hooks["on_admit"] = self._admitted
+        if self.config.retain_forecasts or self._forecast_props is not None:
+            hooks["publish_forecast"] = self._publish_forecast
+        return hooks
+
+    def _admitted(self, stream: str, obs: Observation) -> None:
+        """Worker: an observation passed the checks; record it, announce a new stream."""
+        if self.recorder is not None:
+            try:
+                self.recorder.append_one(stream, obs)
+            except OSError as exc:  # the forecast still goes out
+                self.metrics.drop("record_failed")
+                now = time.monotonic()
+                if now - self._record_logged >= LOG_EVERY:
+                    self._record_logged = now
+                    log.warning("Could not record an observation in %s (%s); further failures "
+                                "are logged at most once a minute", self.config.record, exc)
+        if self.discovery is not None:
+            self._retained(self.discovery.announce_one(stream, self.transport.connects))
+
+    def _retained(self, messages: list[tuple[str, bytes]]) -> None:
+        for topic, body in messages:
+            self.transport.publish(topic, body, 1, retain=True)
+
+    def _upkeep(self) -> None:
+        """Worker, after each batch and when idle: sync the record (at most once a second);
+        announce the resident streams after a (re)connect or a model change."""
+        if self.recorder is not None:
+            try:
+                self.recorder.sync()
+            except OSError as exc:
+                log.warning("Could not sync the record in %s (%s)", self.config.record, exc)
+        if self.discovery is not None and self.transport.connected.is_set():
+            self._retained(self.discovery.announce_resident(
+                self.processor.store, self.transport.connects))
 
     def enqueue(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
         """Called by paho's network thread: hand the message to the worker, nothing else.
@@ -548,7 +633,8 @@ class Service:
         old_store = self.processor.store
         old_spill = old_store.spill_dir(directory) if directory is not None else None
         proc = Processor(self.config, swap.model, swap.freq, self._publish, self.metrics,
-                         store=old_store)
+                         store=old_store, **self._hooks())  # the same hooks: the same settings
+        self._model_extras(swap.model, swap.freq)
         kept = proc.store is old_store
         if directory is not None:
             if kept and old_spill is not None and old_spill.is_dir():
@@ -587,6 +673,8 @@ class Service:
                 self.metrics.reset("command")
             elif known:
                 store.drop(stream)
+            if verb == "drop":
+                self._unpublish(stream)
             log.info("Command %s %s: %s", verb, stream, "done" if known else "unknown stream")
             self._event(verb, ok=known, stream=stream,
                         **({} if known else {"detail": "unknown stream"}))
@@ -594,6 +682,14 @@ class Service:
         log.warning("Ignored the command %r on %s", truncate(text, 80), self.command_topic)
         self._event("command", ok=False, detail=f"unknown command {truncate(text, 80)!r}; "
                     "expected 'reload', 'reset STREAM' or 'drop STREAM'")
+
+    def _unpublish(self, stream: str) -> None:
+        """`drop STREAM`: remove its Home Assistant entities and its retained forecast."""
+        if self.discovery is not None:
+            self._retained(self.discovery.forget(stream))
+        if self.config.retain_forecasts:
+            topic = self.config.topic(self.config.publish, stream, self.manifest.model_id)
+            self.transport.publish(topic, b"", 1, retain=True)
 
     def _event(self, event: str, **fields: Any) -> None:
         """Publish a non-retained event (reloads, commands) next to the status topic."""
@@ -631,6 +727,7 @@ class Service:
             batch = self._take(limit)
             if not batch:
                 self._maybe_checkpoint()
+                self._upkeep()
                 continue
             # Messages go to the processor together; a command or a model swap is run between
             # the messages before and after it.
@@ -673,7 +770,13 @@ class Service:
                 self._commit()
             if time.monotonic() - self._last_checkpoint >= self.config.checkpoint_interval:
                 self._maybe_checkpoint()
+            self._upkeep()
         self._maybe_checkpoint(force=True)
+        if self.recorder is not None:
+            try:
+                self.recorder.close()
+            except OSError as exc:
+                log.warning("Could not sync the record in %s (%s)", self.config.record, exc)
 
     @staticmethod
     def _process(proc: Processor, messages: list[tuple[str, bytes]]) -> None:
@@ -690,14 +793,14 @@ class Service:
         publish = self.transport.publish
         track = self.config.state_dir is not None
         refused = 0
-        for topic, payload, qos in self._outbox:
+        for topic, payload, qos, retain, props in self._outbox:
             if track and qos > 0:
-                info = self.transport.publish_tracked(topic, payload, qos)
+                info = self.transport.publish_tracked(topic, payload, qos, retain, props)
                 if info is None:
                     refused += 1
                 else:
                     self._sent.append(info)
-            elif not publish(topic, payload, qos):
+            elif not publish(topic, payload, qos, retain, props):
                 refused += 1
         self._outbox.clear()
         if refused:

@@ -18,6 +18,7 @@ sets `failure` and ends the supervisor; `alive()` turns False, and the daemon ex
 from __future__ import annotations
 
 import logging
+import math
 import random
 import socket
 import ssl
@@ -44,6 +45,17 @@ MessageHandler = Callable[[str, bytes, int, int], None]
 # CONNACK reason codes (MQTT 5 numbering; paho maps 3.1.1 return codes 4 and 5 onto 134 and 135).
 BAD_CREDENTIALS = {134, 135, 140}  # bad user name or password, not authorized, bad auth method
 EARLY_CLOSES = 4  # closed before CONNACK this many times in a row, never connected: fatal
+
+
+def forecast_properties(model_id: str, period: float | None) -> Properties:
+    """MQTT 5 properties of a forecast, built once per model: it expires after one period (the
+    next observation's forecast replaces it), is JSON, and names its model."""
+    props = Properties(PacketTypes.PUBLISH)
+    if period is not None and period > 0:
+        props.MessageExpiryInterval = max(1, math.ceil(period))
+    props.ContentType = "application/json"
+    props.UserProperty = [("model", model_id)]
+    return props
 
 
 def backoff(attempt: int, low: float, high: float) -> float:
@@ -171,17 +183,21 @@ class Transport:
 
     # -- publishing ----------------------------------------------------------------------------
 
-    def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> bool:
+    def publish(
+        self, topic: str, payload: bytes, qos: int, retain: bool = False,
+        properties: Properties | None = None,
+    ) -> bool:
         """Queue a message; QoS 1 messages survive a reconnect. False if paho refused it."""
-        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         rc = info.rc
         return rc == mqtt.MQTT_ERR_SUCCESS or (rc == mqtt.MQTT_ERR_NO_CONN and qos > 0)
 
     def publish_tracked(
-        self, topic: str, payload: bytes, qos: int
+        self, topic: str, payload: bytes, qos: int, retain: bool = False,
+        properties: Properties | None = None,
     ) -> mqtt.MQTTMessageInfo | None:
         """Queue a message and return paho's handle for `delivered`; None if paho refused it."""
-        info = self.client.publish(topic, payload, qos=qos)
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         if info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             return info
         return None

@@ -75,7 +75,8 @@ def build(source: Source, *, kind: str, batch: str, opset: int,
 
 
 def make_manifest(source: Source, built: Built, *, kind: str, batch: str, precision: str,
-                  graph_id: str, lookback: int | None, opset: int) -> Manifest:
+                  graph_id: str, lookback: int | None, opset: int, unit: str | None = None,
+                  device_class: str | None = None) -> Manifest:
     """The manifest for a graph: names, shapes, units, timing and provenance."""
     lay = built.layout
     spec = source.spec
@@ -99,6 +100,8 @@ def make_manifest(source: Source, built: Built, *, kind: str, batch: str, precis
         lookback=lookback, max_gap=spec.max_gap if spec is not None else None,
         batch="1" if batch == "1" else "dynamic", precision=precision,
         metrics=dict(source.metrics), source=src, **_structure_fields(lay),
+        unit=unit or (spec.unit if spec is not None else None),
+        device_class=device_class or (spec.device_class if spec is not None else None),
     )
 
 
@@ -164,12 +167,15 @@ def export_model(
     verify: bool = True,
     log: Log = _quiet,
     sample: str | Path | None = None,
+    unit: str | None = None,
+    device_class: str | None = None,
 ) -> Manifest:
     """Export a run folder or Keras model to a batch-1 ONNX graph with its manifest.
 
     With `verify` the graph is checked and stepped against Keras first; if that fails, nothing is
     written and an ExportError with status 1 is raised. `sample` (.npy or .csv, raw units) gives
-    the inputs for that proof instead of the run's tail or random data.
+    the inputs for that proof instead of the run's tail or random data. `unit` and
+    `device_class` (for dashboards) override the run's.
     """
     if sample is not None and not verify:
         raise ExportError("--sample is for the proof against Keras; drop --no-verify")
@@ -191,7 +197,8 @@ def export_model(
     proto = apply_precision(built.model, precision)
     graph_id = model_id(proto)
     manifest = make_manifest(src, built, kind=kind, batch=batch, precision=precision,
-                             graph_id=graph_id, lookback=look, opset=opset)
+                             graph_id=graph_id, lookback=look, opset=opset, unit=unit,
+                             device_class=device_class)
     attach_manifest(proto, METADATA_KEY, manifest.to_json())
     with tempfile.TemporaryDirectory(prefix="statecast-export-") as tmp:
         path = Path(tmp) / "model.onnx"

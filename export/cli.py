@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
       help="inputs for the parity check, in raw feature units: a .npy array [T, F] or "
       "[N, T, F], or a CSV file with a header (columns named like the features; for a plain "
       "model, its numeric columns in order). Default: the run's held-out tail, else random data")
+    a("--unit", help="the targets' unit of measurement (e.g. °C) for the manifest (default: "
+      "the run's, from statecast-train --unit)")
+    a("--device-class", help="the targets' Home Assistant sensor device class for the manifest "
+      "(default: the run's)")
     a("--no-verify", action="store_true",
       help="skip onnx.checker and the parity check against Keras")
     return p
@@ -77,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             args.source, args.out, kind=args.kind, batch=args.batch,
             precision=args.precision, opset=args.opset, features=args.features,
             targets=args.targets, task=args.task, lookback=args.lookback,
-            verify=not args.no_verify, log=print, sample=args.sample,
+            verify=not args.no_verify, log=print, sample=args.sample, unit=args.unit,
+            device_class=args.device_class,
         )
     except ExportError as exc:
         print(f"statecast-export: {exc}", file=sys.stderr)

@@ -16,6 +16,8 @@ EPILOG = """examples:
   statecast-train --data examples/data/seattle-weather.csv --time-col date \\
       --target precipitation --features precipitation,temp_max,temp_min,wind \\
       --task classify --threshold 0 --out runs/rain
+  statecast-train --data record/ --time-col ts --series-col stream --target temp \\
+      --horizon 6 --unit °C --device-class temperature --out runs/rooms
   statecast-train --data sensors.parquet --time-col ts --series-col sensor --target temp \\
       --mode window --arch bilstm --out runs/bi
 """
@@ -47,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     a = p.add_argument
-    a("--data", required=True, type=Path, help="CSV or Parquet file")
+    a("--data", required=True, type=Path,
+      help="CSV or Parquet file, or a directory of them with the same columns")
     a("--target", required=True, type=_columns, help="target column(s), comma-separated")
     a("--out", required=True, type=Path, help="run folder to write")
     a("--time-col", help="timestamp column; rows are sorted and put on a regular grid")
@@ -89,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--residual", action=argparse.BooleanOptionalAction, default=None,
       help="learn the change from the current value of each target (default: on for "
       "regression when every target is also a feature)")
+    a("--unit", help="the targets' unit of measurement (e.g. °C), written into the model's "
+      "manifest for dashboards")
+    a("--device-class", help="the targets' Home Assistant sensor device class (e.g. "
+      "temperature), written into the model's manifest")
     a("--quiet", action="store_true", help="no progress line per epoch")
     return p
 
@@ -107,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             patience=args.patience, learning_rate=args.learning_rate, seed=args.seed,
             residual=args.residual, quiet=args.quiet, structure=args.structure,
             calendar=args.calendar, log_target=args.log_target, ensemble=args.ensemble,
+            unit=args.unit, device_class=args.device_class,
         )
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         from trainer.evaluate import summary_lines

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,8 @@ class TrainConfig:
     seed: int = 0
     residual: bool | None = None  # None: on for regression when every target is a feature
     quiet: bool = False
+    unit: str | None = None  # the targets' unit, carried into the manifest
+    device_class: str | None = None  # Home Assistant sensor device class of the targets
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -84,6 +87,12 @@ class TrainConfig:
             raise TrainError("--threshold only applies with --task classify")
         if self.task == "classify" and len(self.targets) != 1:
             raise TrainError("--task classify takes exactly one --target column")
+        if self.device_class is not None and not re.fullmatch(r"[a-z][a-z0-9_]*",
+                                                              self.device_class):
+            raise TrainError(
+                f"--device-class {self.device_class!r} is not a Home Assistant sensor device "
+                "class such as temperature, humidity or power"
+            )
 
     @property
     def seasons(self) -> list[int]:

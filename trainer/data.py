@@ -44,12 +44,46 @@ class Dataset:
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read CSV or Parquet by extension; any failure is one TrainError sentence."""
+    """Read CSV or Parquet by extension, or every `*.csv`/`*.parquet` file of a directory
+    (in name order, e.g. the days `statecast-record` writes) as one table; any failure is one
+    TrainError sentence."""
     p = Path(path)
     if not p.exists():
         raise TrainError(f"data file {p} does not exist")
+    if p.is_dir():
+        return _read_directory(p)
     if not p.is_file():
         raise TrainError(f"data path {p} is not a file")
+    return _read_file(p)
+
+
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+def table_files(path: str | Path) -> list[Path]:
+    """The files `read_table` reads: `path` itself, or a directory's tables in name order."""
+    p = Path(path)
+    if not p.is_dir():
+        return [p]
+    return sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in TABLE_SUFFIXES)
+
+
+def _read_directory(d: Path) -> pd.DataFrame:
+    files = table_files(d)
+    if not files:
+        raise TrainError(f"data directory {d} holds no .csv or .parquet files")
+    tables = [_read_file(f) for f in files]
+    columns = list(tables[0].columns)
+    for f, table in zip(files[1:], tables[1:], strict=True):
+        if list(table.columns) != columns:
+            raise TrainError(
+                f"{f} has the columns {', '.join(map(str, table.columns))}, but {files[0].name} "
+                f"has {', '.join(map(str, columns))}; every file of {d} needs the same columns"
+            )
+    return pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+
+
+def _read_file(p: Path) -> pd.DataFrame:
     try:
         if p.suffix.lower() in (".parquet", ".pq"):
             return pd.read_parquet(p)

@@ -23,7 +23,7 @@ from trainer.batches import (
     windows,
 )
 from trainer.config import TrainConfig
-from trainer.data import Dataset, load_dataset
+from trainer.data import Dataset, load_dataset, table_files
 from trainer.errors import TrainError
 from trainer.evaluate import classification_metrics, regression_metrics, seasonal_index
 from trainer.models import ModelShape, build_model, reset_states
@@ -176,7 +176,7 @@ def train(cfg: TrainConfig, log: Log = print) -> dict[str, Any]:
         batch_size=cfg.resolved_batch, seed=cfg.seed, data=_fingerprint(cfg, ds),
         residual=chosen is None and bool(_residual_features(ds, cfg, task)),
         structure=chosen.to_dict() if chosen is not None else None, ensemble=members,
-        statecast_version=__version__,
+        unit=cfg.unit, device_class=cfg.device_class, statecast_version=__version__,
     )
     spec.save(out)
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
@@ -412,8 +412,15 @@ def _verdict(metrics: dict[str, Any], log: Log) -> None:
 
 
 def _fingerprint(cfg: TrainConfig, ds: Dataset) -> dict[str, Any]:
-    """Identify the training data: file name, size, sha256 and what was read from it."""
-    digest = hashlib.sha256(Path(cfg.data).read_bytes()).hexdigest()
+    """Identify the training data: file (or directory) name, sha256 and what was read from it.
+    A directory's digest covers the name and bytes of each table in it, in name order."""
+    h = hashlib.sha256()
+    directory = Path(cfg.data).is_dir()
+    for f in table_files(cfg.data):
+        if directory:
+            h.update(f.name.encode() + b"\0")
+        h.update(f.read_bytes())
+    digest = h.hexdigest()
     return {
         "file": Path(cfg.data).name,
         "sha256": digest,

@@ -74,6 +74,8 @@ class RunSpec:
     structure: dict[str, Any] | None = None  # trainer.structure.Structure: the LSTM's surroundings
     ensemble: int = 1  # seeds averaged inside the model (its LSTMs have ensemble * units units)
     data: dict[str, Any] = field(default_factory=dict)
+    unit: str | None = None  # the targets' unit of measurement, for dashboards
+    device_class: str | None = None  # Home Assistant sensor device class of the targets
     statecast_version: str = "0.1.0"
     format: int = 1
 
