@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from edge import EdgeError, __version__
-from edge.manifest import METADATA_KEY, Manifest, StateSpec
+from edge.manifest import METADATA_KEY, Grid, Manifest, StateSpec
 from edge.model import StepModel, time_feed
 from export.convert import (
     DEFAULT_OPSET,
@@ -98,8 +98,18 @@ def make_manifest(source: Source, built: Built, *, kind: str, batch: str, precis
         classes=lay.classes, freq=spec.freq if spec is not None else None,
         lookback=lookback, max_gap=spec.max_gap if spec is not None else None,
         batch="1" if batch == "1" else "dynamic", precision=precision,
-        metrics=dict(source.metrics), source=src, **_structure_fields(lay),
+        metrics=dict(source.metrics), source=src, grid=_grid(spec.grid if spec else None),
+        **_structure_fields(lay),
     )
+
+
+def _grid(grid: dict[str, Any] | None) -> Grid | None:
+    """The run's grid (`RunSpec.grid`) for the manifest; None for runs trained before it."""
+    if not grid:
+        return None
+    return Grid(origin=float(grid["origin"]), aggregation=dict(grid.get("aggregation", {})),
+                closed=grid.get("closed", "right"), label=grid.get("label", "right"),
+                fill=grid.get("fill", "linear"))
 
 
 def _structure_fields(lay: Layout) -> dict[str, Any]:
