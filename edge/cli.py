@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
         "stream's state (default reset)")
     add("--late", choices=("drop", "accept"), help="duplicate or out-of-order timestamps "
         "(default drop)")
+    add("--ts-field", metavar="KEY", help="payload key of the timestamp (default ts)")
+    add("--ts", choices=("payload", "arrival"), help="arrival: stamp payloads without a "
+        "timestamp with the time they arrive (default payload: refuse them)")
+    add("--grace", type=float, metavar="SECONDS", help="models with a grid: close a period "
+        "this long after its end and its last observation (default 10 %% of the period)")
+    add("--publish-fills", choices=("latest", "all"), help="models with a grid: publish the "
+        "forecasts of filled periods too (all), or only the latest period's (latest, default)")
     add("--metrics-port", type=int, metavar="PORT", help="serve /metrics and /healthz")
     add("--metrics-host", metavar="HOST", help="address for --metrics-port (default 127.0.0.1)")
     add("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
@@ -110,7 +117,7 @@ FLAG_KEYS = (
     "tls_insecure", "commands",
     "stream_level", "stream_field", "max_payload", "on_gap", "late", "metrics_port",
     "metrics_host", "log_level", "max_batch", "max_delay_ms", "commit_interval", "commit_max",
-    "fsync", "stream_ttl", "max_resident",
+    "fsync", "stream_ttl", "max_resident", "ts_field", "ts", "grace", "publish_fills",
 )
 
 
