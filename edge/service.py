@@ -345,7 +345,7 @@ class Processor:
             for stream, st in [(k, v) for k, v in self.store.streams.items()
                                if due(v.extra[name], now)]:
                 last = st.last_t if st.last_t is not None else now
-                ts = datetime.fromtimestamp(last, timezone.utc)
+                ts = datetime.fromtimestamp(last, timezone.utc).replace(tzinfo=None)  # UTC
                 obs = Observation(last, ts, last, np.zeros(0, np.float32), stream)
                 made += self._queue(stream, st, grid.close_one(st.extra[name]), obs,
                                     "(timer)", b"")[0]
