@@ -407,3 +407,22 @@ def test_zigbee2mqtt_and_tasmota_payloads_over_mqtt(
     assert fc["stream"] == "kitchen" and fc["period"] == "2011-01-01T10:00:00"
     assert fc["ts"] == "2011-01-01T10:00:00"
     assert not col.json(f"{cid}-err/")
+
+
+def test_evicted_streams_keep_their_open_period(models: dict[str, Path], tmp_path: Path) -> None:
+    """Two 10 s sensors, at most one stream in memory: each is spilled (open period and all)
+    and read back at every reading, and the forecasts equal a run that keeps both."""
+    a, b = ten_second_sensor(3), ten_second_sensor(3, skip=range(1, 2))
+    evicting, sink = make(models["grid"], max_resident=1, state_dir=str(tmp_path))
+    assert evicting.store.load(tmp_path) == 0  # the store writes its spill files here
+    keeping, sink2 = make(models["grid"])
+    for i in range(len(a)):
+        for s, df in (("a", a), ("b", b)):
+            if i < len(df):
+                body = msg(df["date"].iloc[i], df["temp"].iloc[i])
+                evicting.handle(f"sensors/{s}/temp", body)
+                keeping.handle(f"sensors/{s}/temp", body)
+                evicting.store.evict()
+                evicting.store.commit(tmp_path)
+    assert evicting.store.restored > 100
+    assert sink.on("forecasts/") == sink2.on("forecasts/") and len(sink.on("forecasts/")) == 6
