@@ -426,3 +426,27 @@ def test_evicted_streams_keep_their_open_period(models: dict[str, Path], tmp_pat
                 evicting.store.commit(tmp_path)
     assert evicting.store.restored > 100
     assert sink.on("forecasts/") == sink2.on("forecasts/") and len(sink.on("forecasts/")) == 6
+
+
+def test_a_window_graph_on_a_grid_sees_one_row_per_period(tmp_path: Path) -> None:
+    """A window graph fed a 10 s sensor forecasts like the same graph (without a grid) fed the
+    trainer's regularised series one row per period."""
+    from edge_models import build_model
+
+    gridded = build_model(tmp_path / "w.onnx", kind="window", lookback=4, model_id="w",
+                          grid=Grid(origin=GRID_ORIGIN))
+    plain = build_model(tmp_path / "p.onnx", kind="window", lookback=4, model_id="w")
+    df = ten_second_sensor(8, skip=range(4, 5))
+    df.to_csv(tmp_path / "raw.csv", index=False)
+    seg = load_dataset(tmp_path / "raw.csv", ["temp"], time_col="date", freq="1h").segments[0]
+    proc, sink = make(gridded, publish_fills="all")
+    for ts, v in zip(df["date"], df["temp"], strict=True):
+        proc.handle("sensors/a/temp", msg(ts, v))
+    ref, sink2 = make(plain)
+    for t, v in zip(seg.times[:-1], seg.x[:-1, 0], strict=True):  # the last period stays open
+        ref.handle("sensors/a/temp", msg(pd.Timestamp(t).isoformat(), float(v)))
+    got, want = sink.on("forecasts/a"), sink2.on("forecasts/a")
+    assert len(got) == len(seg.times) - 1 - 3  # warming for the first 3 periods
+    assert [d["period"] for d in got] == [d["ts"] for d in want]
+    np.testing.assert_allclose([d["forecast"] for d in got], [d["forecast"] for d in want],
+                               atol=1e-4)
