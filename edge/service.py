@@ -68,7 +68,9 @@ def load_model(config: EdgeConfig) -> tuple[StepModel, timedelta | None]:
         try:
             freq = parse_freq(m.freq)
         except EdgeError as exc:
-            log.warning("%s: forecasts will carry no 'at' times and gaps are not checked", exc)
+            if m.grid is None:  # a grid places calendar months itself (`edge.grid`)
+                log.warning("%s: forecasts will carry no 'at' times and gaps are not checked",
+                            exc)
     if m.kind == "step" and model.dynamic_batch:
         log.info("Model %s has a dynamic batch: streams are stepped together, up to %d per run",
                  m.model_id, config.max_batch)

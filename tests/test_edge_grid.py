@@ -450,3 +450,18 @@ def test_a_window_graph_on_a_grid_sees_one_row_per_period(tmp_path: Path) -> Non
     assert [d["period"] for d in got] == [d["ts"] for d in want]
     np.testing.assert_allclose([d["forecast"] for d in got], [d["forecast"] for d in want],
                                atol=1e-4)
+
+
+def test_a_monthly_model_forecasts_calendar_months(tmp_path: Path) -> None:
+    from edge_models import build_model
+
+    model = build_model(tmp_path / "m.onnx", freq="MS", model_id="monthly",
+                        grid=Grid(origin=GRID_ORIGIN))
+    proc, sink = make(model)
+    assert not proc.handle("sensors/a/temp", msg(datetime(2011, 1, 15), 10.0))
+    assert proc.handle("sensors/a/temp", msg(datetime(2011, 2, 1), 20.0))  # closes (Jan 1, Feb 1]
+    (fc,) = sink.on("forecasts/a")
+    assert fc["period"] == "2011-02-01T00:00:00"
+    assert fc["at"] == ["2011-03-01T00:00:00", "2011-04-01T00:00:00", "2011-05-01T00:00:00"]
+    want, _ = StepModel(model).run_sequence(np.array([[15.0]], np.float32))
+    np.testing.assert_allclose(fc["forecast"], want[0], atol=1e-4)
