@@ -179,10 +179,18 @@ class Regulariser:
             out.append(self.close_one(g))
         return out
 
+    def due_at(self, g: np.ndarray) -> float | None:
+        """When (wall clock) the timer closes the open bin, None if none is open (see the
+        module docstring)."""
+        end = float(g[OPEN])
+        if math.isnan(end):
+            return None
+        return max(end, float(g[ARRIVAL])) + self.grace_for(end)
+
     def due(self, g: np.ndarray, now: float) -> bool:
-        """Whether the timer closes the open bin at wall-clock `now` (see the module docstring)."""
-        end = g[OPEN]
-        return not math.isnan(end) and now >= max(end, g[ARRIVAL]) + self.grace_for(end)
+        """Whether the timer closes the open bin at wall-clock `now`."""
+        at = self.due_at(g)
+        return at is not None and now >= at
 
     def close_one(self, g: np.ndarray) -> Closed:
         """Close the open bin: the missing periods since the last closed one (filled when at most

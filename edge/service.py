@@ -166,6 +166,9 @@ class Processor:
         self._limit = config.max_batch if self.runner.batched else 1
         self._pending: list[Pending] = []
         self._fills = config.publish_fills == "all"
+        # grid: stream -> when the timer closes its open period (built from the store at the
+        # first tick; streams evicted since are skipped, and close when they come back)
+        self._due: dict[str, float] | None = None
         self._seen: set[str] = set()
 
     def topic(self, template: str, stream: str) -> str:
@@ -253,7 +256,9 @@ class Processor:
 
         Every message takes the same steps: decode and route, admit (the checks against its
         stream's state), then wait in `_pending` to be stepped (`_step_pending`: run the model,
-        tell the store, publish). With a dynamic-batch step graph the pending streams are
+        tell the store, publish). With a grid model the message goes into its stream's open
+        period first (`_regularise`) and what waits are the steps of the periods it closes, in
+        order (fills first), each with its period time. With a dynamic-batch step graph the pending streams are
         stepped together in one session run (micro-batching); otherwise each is stepped at once.
         A run holds at most one observation per stream (a second one for the same stream first
         steps what is pending) and at most `max_batch`, so each stream sees its observations in
@@ -298,8 +303,16 @@ class Processor:
                     payload: bytes) -> int:
         """Grid models: put the observation in its stream's open period; queue the steps of the
         periods it closes (see `edge.grid`). Returns the forecasts made on the way."""
-        assert self.grid is not None
-        closed = self.grid.add_one(st.extra[self.grid.name], obs.t, obs.values, self.clock())
+        grid = self.grid
+        assert grid is not None
+        g = st.extra[grid.name]
+        closed = grid.add_one(g, obs.t, obs.values, self.clock())
+        if self._due is not None:
+            at = grid.due_at(g)
+            if at is None:
+                self._due.pop(stream, None)
+            else:
+                self._due[stream] = at
         made = 0
         for c in closed:
             n, st = self._queue(stream, st, c, obs, topic, payload)
@@ -341,11 +354,18 @@ class Processor:
         if grid is None:
             return 0
         now = self.clock() if now is None else now
-        name, due = grid.name, grid.due
+        name = grid.name
+        streams = self.store.streams
+        if self._due is None:
+            self._due = {k: at for k, v in streams.items()
+                         if (at := grid.due_at(v.extra[name])) is not None}
         made = 0
         try:
-            for stream, st in [(k, v) for k, v in self.store.streams.items()
-                               if due(v.extra[name], now)]:
+            for stream in [k for k, at in self._due.items() if now >= at]:
+                del self._due[stream]
+                st = streams.get(stream)
+                if st is None or not grid.due(st.extra[name], now):  # evicted, reset, dropped
+                    continue
                 last = st.last_t if st.last_t is not None else now
                 ts = datetime.fromtimestamp(last, timezone.utc).replace(tzinfo=None)  # UTC
                 obs = Observation(last, ts, last, np.zeros(0, np.float32), stream)
