@@ -258,8 +258,9 @@ class Processor:
         stream's state), then wait in `_pending` to be stepped (`_step_pending`: run the model,
         tell the store, publish). With a grid model the message goes into its stream's open
         period first (`_regularise`) and what waits are the steps of the periods it closes, in
-        order (fills first), each with its period time. With a dynamic-batch step graph the pending streams are
-        stepped together in one session run (micro-batching); otherwise each is stepped at once.
+        order (fills first), each with its period time. With a dynamic-batch step graph the
+        pending streams are stepped together in one session run (micro-batching); otherwise
+        each is stepped at once.
         A run holds at most one observation per stream (a second one for the same stream first
         steps what is pending) and at most `max_batch`, so each stream sees its observations in
         order, is checked against its up-to-date state, and gets the forecasts it would get
