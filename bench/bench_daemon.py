@@ -13,7 +13,11 @@ same connection:
 * latency: 1,000 streams at an open-loop 1,000 observations/s; p50/p99 from the moment the
   observation is written to the socket to the moment its forecast is read;
 * memory and start: the daemon's RSS after the 1,000-stream run, the time from process start to
-  the first forecast, beside the TensorFlow equivalent (bench/tf_daemon.py).
+  the first forecast, beside the TensorFlow equivalent (bench/tf_daemon.py);
+* grid (`--grid`, or `--only-grid` for this case alone): 1,000 streams sending 10 observations
+  per period into the same LSTM with an hourly grid in its manifest (one aggregation per
+  message, one model step per period) beside one-message-one-step (the same LSTM without a
+  grid, one observation per period), in the same run: messages/s and their ratio.
 
 Prints tables and writes JSON. Not part of the test suite.
 """
@@ -44,7 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 class Load:
     """The load client: counts forecasts, records their arrival times by sequence number."""
 
-    def __init__(self, port: int, tag: str, streams: int, qos: int) -> None:
+    def __init__(self, port: int, tag: str, streams: int, qos: int, per: int = 1) -> None:
+        self.per = per  # observations per period: one forecast per stream per `per` sent
         self.tag = tag
         self.streams = streams
         self.qos = qos
@@ -78,7 +83,8 @@ class Load:
         for _ in range(n):
             seq = self.seq
             k, i = divmod(seq, s)
-            payload = b'{"ts":%d,"temp":%.1f}' % (3600 * (k + 1), 40.0 + (seq % 17))
+            payload = b'{"ts":%d,"temp":%.1f}' % (3600 * (k + 1) // self.per,
+                                                  40.0 + (seq % 17))
             publish(self.topics[i], payload, self.qos)
             self.seq += 1
 
@@ -138,32 +144,37 @@ def top_frames(folded: Path, n: int = 12) -> list[tuple[str, float]]:
 
 
 def throughput(model: Path, port: int, tag: str, streams: int, qos: int, seconds: float,
-               window: int, extra: list[str], profile: Path | None = None) -> dict[str, Any]:
-    load = Load(port, tag, streams, qos)
+               window: int, extra: list[str], profile: Path | None = None,
+               per: int = 1) -> dict[str, Any]:
+    """Observations/s through the daemon; with `per` > 1 (a grid model) each stream sends `per`
+    observations per period and gets one forecast per period, so the observations counted are
+    those of the periods whose forecast came back."""
+    load = Load(port, tag, streams, qos, per)
     proc = daemon(model, port, tag, qos, extra)
     try:
         if not load.wait(lambda: load.online, 30):
             raise RuntimeError(f"daemon {tag} did not come online")
-        load.send(streams)  # every stream once: create the states
+        load.send(streams * per)  # every stream's first period: create the states
         if not load.wait(lambda: load.got >= streams, 60):
             raise RuntimeError(f"daemon {tag}: {load.got} of {streams} warm-up forecasts")
         spy = profiler(proc.pid, seconds, profile) if profile is not None else None
         got0, t0 = load.got, time.perf_counter()
         end = t0 + seconds
         while time.perf_counter() < end:
-            room = window - (load.seq - load.got)
+            room = window - (load.seq - load.got * per)
             if room > 0:
                 load.send(min(room, 200))
             load.client.pump(0.001 if room <= 0 else 0)
         t1 = time.perf_counter()
         got1 = load.got
-        rate = (got1 - got0) / (t1 - t0)
-        complete = load.wait(lambda: load.got >= load.seq, 30)
+        rate = (got1 - got0) * per / (t1 - t0)
+        whole = load.seq - load.seq % (streams * per)  # the periods that can close
+        complete = load.wait(lambda: load.got * per >= whole, 30)
         rss = rss_mib(proc.pid)
         if spy is not None:
             spy.wait(30)
         return {"obs_per_s": rate, "sent": load.seq, "received": load.got,
-                "lost": load.seq - load.got if not complete else 0, "rss_mib": rss[0],
+                "lost": whole - load.got * per if not complete else 0, "rss_mib": rss[0],
                 "peak_rss_mib": rss[1]}
     finally:
         proc.terminate()
@@ -246,12 +257,15 @@ def main() -> int:
     p.add_argument("--mqtt-version", choices=("3.1.1", "5"), default="3.1.1",
                    help="the daemon's protocol version (5 reports ACL refusals; paho parses "
                    "properties on every message)")
+    p.add_argument("--grid", action="store_true", help="also 1,000 streams at 10 observations "
+                   "per period into a grid model beside one-message-one-step")
+    p.add_argument("--only-grid", action="store_true", help="run only that comparison")
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/daemon.json")
     args = p.parse_args()
     binary = find_mosquitto()
     if binary is None:
         sys.exit("bench_daemon: mosquitto not found (install it or set $STATECAST_MOSQUITTO)")
-    from bench.models import export_pair, identity_graph, keras_model
+    from bench.models import export_pair, identity_graph, keras_model, with_grid
 
     extra = ["--mqtt-version", args.mqtt_version]
     results: dict[str, Any] = {"mqtt_version": args.mqtt_version,
@@ -267,6 +281,11 @@ def main() -> int:
         broker = Mosquitto(binary, d / "mosquitto")
         broker.start()
         try:
+            if args.grid or args.only_grid:
+                results["grid"] = grid_case(lstm, with_grid(lstm, d / "grid.onnx"), broker,
+                                            args.seconds, args.window, extra)
+            if args.only_grid:
+                return finish(results, args.out)
             streams = [int(s) for s in args.streams.split(",")]
             rows = []
             n = 0
@@ -312,15 +331,51 @@ def main() -> int:
                                 for k, v in start.items()}
         finally:
             broker.stop()
+    return finish(results, args.out)
+
+
+def grid_case(plain: Path, grid: Path, broker: Mosquitto, seconds: float, window: int,
+              extra: list[str]) -> dict[str, Any]:
+    """1,000 streams, QoS 1: one message per period into the plain LSTM (one step each) beside
+    10 messages per period into the same LSTM on an hourly grid (one step per 10 messages)."""
+    # A period closes only when all 1,000 streams have sent their 10 observations (round
+    # robin), so the closed loop keeps two periods of every stream outstanding, in both cases.
+    window = max(window, 2 * 1000 * 10)
+    out: dict[str, Any] = {"streams": 1000, "qos": 1, "messages_per_period": 10,
+                           "window": window}
+    for name, model, per in (("one_message_one_step", plain, 1), ("grid_10_per_period", grid, 10)):
+        r = throughput(model, broker.port, f"g{name[:4]}", 1000, 1, seconds, window, extra,
+                       per=per)
+        out[name] = r
+        print(f"  grid case {name}: {r['obs_per_s']:,.0f} messages/s (lost {r['lost']})",
+              file=sys.stderr)
+    out["ratio"] = (out["grid_10_per_period"]["obs_per_s"]
+                    / out["one_message_one_step"]["obs_per_s"])
+    return out
+
+
+def finish(results: dict[str, Any], path: Path) -> int:
     results["load_after"] = os.getloadavg()
     report(results)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"\nwrote {args.out}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {path}")
     return 0
 
 
 def report(r: dict[str, Any]) -> None:
+    if "grid" in r:
+        g = r["grid"]
+        a, b = g["one_message_one_step"]["obs_per_s"], g["grid_10_per_period"]["obs_per_s"]
+        print(f"\nGrid: 1,000 streams, QoS 1 (load {r['load_before'][0]:.2f} before)")
+        print(f"| {'case':<40} | {'messages/s':>10} | {'model steps/s':>13} |")
+        print(f"|{'-' * 42}|{'-' * 12}|{'-' * 15}|")
+        print(f"| {'one message, one step':<40} | {a:>10,.0f} | {a:>13,.0f} |")
+        print(f"| {'10 messages per period, one step each':<40} | {b:>10,.0f} "
+              f"| {b / 10:>13,.0f} |")
+        print(f"  ratio (grid / one-message-one-step): {g['ratio']:.2f}")
+    if "throughput" not in r:
+        return
     print(f"\nmachine: {r['cpus']} CPUs ({r['machine']}), load average before "
           f"{r['load_before'][0]:.2f}, after {r['load_after'][0]:.2f}")
     print("\nSustained observations/s end to end (closed loop, forecasts received)")

@@ -145,3 +145,25 @@ def identity_graph(like: Path, out: Path) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, str(out))
     return out
+
+
+def with_grid(like: Path, out: Path, freq: str = "1h", origin: float = 0.0,
+              max_gap: int = 3) -> Path:
+    """`like` with a manifest that says it was trained on a grid of `freq` from `origin`
+    (same weights, same graph): the daemon then steps it once per period."""
+    import json
+
+    import onnx
+    from onnx import helper
+
+    from edge.manifest import METADATA_KEY, Manifest
+
+    model = onnx.load(str(like))
+    meta = {p.key: p.value for p in model.metadata_props}
+    d = json.loads(meta[METADATA_KEY])
+    d.update(freq=freq, max_gap=max_gap, grid={"origin": origin})
+    del model.metadata_props[:]
+    helper.set_model_props(model, {**meta,
+                                   METADATA_KEY: Manifest.from_json(json.dumps(d)).to_json()})
+    onnx.save(model, str(out))
+    return out

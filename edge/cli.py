@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(default statecast/cmd/{client_id})")
     add("--on-gap", choices=("reset", "keep"), help="what a gap over max_gap periods does to a "
         "stream's state (default reset)")
+    add("--grace", type=float, metavar="SECONDS", help="models with a grid: close a period "
+        "this long after its end and its last observation (default 10 %% of the period)")
+    add("--publish-fills", choices=("latest", "all"), help="models with a grid: publish the "
+        "forecasts of filled periods too (all), or only the latest period's (latest, default)")
     add("--metrics-port", type=int, metavar="PORT", help="serve /metrics and /healthz")
     add("--metrics-host", metavar="HOST", help="address for --metrics-port (default 127.0.0.1)")
     add("--max-batch", type=int, metavar="N", help="most observations stepped in one run of a "
@@ -119,6 +123,9 @@ def add_connection_flags(p: argparse.ArgumentParser, *, publish: bool) -> None:
         "(default 16384)")
     add("--late", choices=("drop", "accept"), help="duplicate or out-of-order timestamps "
         "(default drop)")
+    add("--ts-field", metavar="KEY", help="payload key of the timestamp (default ts)")
+    add("--ts", choices=("payload", "arrival"), help="arrival: stamp payloads without a "
+        "timestamp with the time they arrive (default payload: refuse them)")
     add("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
 
 
@@ -130,6 +137,7 @@ FLAG_KEYS = (
     "metrics_host", "log_level", "max_batch", "max_delay_ms", "commit_interval", "commit_max",
     "fsync", "stream_ttl", "max_resident", "record", "ha_discovery", "ha_steps",
     "retain_forecasts",
+    "fsync", "stream_ttl", "max_resident", "ts_field", "ts", "grace", "publish_fills",
 )
 
 

@@ -9,11 +9,18 @@ Payloads (one observation per message, all features of it)::
     51.3                                               # univariate, timestamped on arrival
 
 ``ts`` is an ISO 8601 string (naive means UTC) or epoch seconds / milliseconds as a number.
+A field map may name nested keys with dots (``"DS18B20.Temperature"``); the timestamp key is
+``ts`` unless `ts_field` (or ``field_map["ts"]``) says otherwise, and with `arrival` a payload
+without one is stamped with the time it is decoded. Other fields are ignored.
 
 Predictions::
 
     {"stream": "s1", "ts": <ts exactly as received>, "forecast": [H numbers],
      "at": [H ISO timestamps, ts + k·freq], "model": "<model_id>"}
+
+With a grid (the manifest's `grid`), a forecast is made per period: ``"period"`` is the period
+time T (ISO) and ``at`` is T + k·period; ``ts`` is the observation that closed the period, as
+received (a period closed by the timer gives the epoch seconds of its last observation).
 
 Several targets: ``forecast`` is H lists of K (one per target, in manifest order) and a
 ``"targets"`` list names them. Classifiers: ``forecast`` is H class labels (the most probable
@@ -30,7 +37,7 @@ import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -145,11 +152,36 @@ class Observation:
     stream: str | None = None
 
 
+_MISSING: Any = object()
+
+
+def _key_path(key: str) -> tuple[str, ...] | None:
+    """A dotted key's path into nested objects, None for a plain key."""
+    return tuple(key.split(".")) if "." in key else None
+
+
+def _dig(doc: dict[str, Any], key: str, path: tuple[str, ...] | None) -> Any:
+    """`doc[key]`, else (a dotted key) the value down its path; `_MISSING` when absent."""
+    value = doc.get(key, _MISSING)
+    if value is not _MISSING or path is None:
+        return value
+    node: Any = doc
+    for part in path:
+        if not isinstance(node, dict):
+            return _MISSING
+        node = node.get(part, _MISSING)
+        if node is _MISSING:
+            return _MISSING
+    return node
+
+
 class Decoder:
     """Turns payload bytes into an Observation for one model's features.
 
-    `field_map` maps a model feature (or "ts") to the payload key a device uses for it;
-    `stream_field`, when set, names the payload key that carries the stream id.
+    `field_map` maps a model feature (or "ts") to the payload key a device uses for it, dotted
+    for a nested key (``"DS18B20.Temperature"``); `ts_field` is the timestamp key when the map
+    does not name one; with `arrival` a payload without a timestamp is stamped with the time it
+    is decoded; `stream_field`, when set, names the payload key that carries the stream id.
     """
 
     def __init__(
@@ -159,11 +191,18 @@ class Decoder:
         max_payload: int = 16384,
         stream_field: str | None = None,
         now: Any = None,
+        ts_field: str = "ts",
+        arrival: bool = False,
     ) -> None:
         field_map = dict(field_map or {})
         self.features = tuple(features)
         self.keys = tuple(field_map.get(f, f) for f in self.features)
-        self.ts_key = field_map.get("ts", "ts")
+        self.ts_key = field_map.get("ts", ts_field)
+        # key paths, precomputed: the per-message path looks keys up without parsing them
+        self._ts_path = _key_path(self.ts_key)
+        self._paths = tuple(_key_path(k) for k in self.keys)
+        self._nested = any(p is not None for p in self._paths)
+        self.arrival = arrival
         self.univariate = len(self.features) == 1
         self.max_payload = max_payload
         self.stream_field = stream_field
@@ -182,13 +221,27 @@ class Decoder:
         if isinstance(doc, dict):
             if self.stream_field is not None:
                 stream = stream_id_from_value(doc.get(self.stream_field), self.stream_field)
-            if self.ts_key not in doc:
-                raise PayloadError("missing_field", f"payload has no {self.ts_key!r} timestamp")
-            ts_raw = doc[self.ts_key]
-            ts = parse_ts(ts_raw)
-            if self.univariate and self.keys[0] not in doc and "value" in doc:
+            ts_raw = _dig(doc, self.ts_key, self._ts_path)
+            if ts_raw is _MISSING:
+                if not self.arrival:
+                    raise PayloadError("missing_field",
+                                       f"payload has no {self.ts_key!r} timestamp")
+                ts = self._now()
+                ts_raw = ts.isoformat()
+            else:
+                ts = parse_ts(ts_raw)
+            names: Sequence[str]
+            if self._nested:
+                names = self.keys
+                raw_values = [_dig(doc, k, p) for k, p in zip(names, self._paths, strict=True)]
+                if self.univariate and raw_values[0] is _MISSING and "value" in doc:
+                    raw_values, names = [doc["value"]], ("value",)
+                missing = [k for k, v in zip(names, raw_values, strict=True) if v is _MISSING]
+                if missing:
+                    raise PayloadError("missing_field", f"payload lacks field {missing[0]!r}")
+            elif self.univariate and self.keys[0] not in doc and "value" in doc:
                 raw_values = [doc["value"]]
-                names: Sequence[str] = ("value",)
+                names = ("value",)
             else:
                 names = self.keys
                 missing = [k for k in names if k not in doc]
@@ -246,10 +299,26 @@ def check_stream_id(text: str) -> None:
         raise PayloadError("bad_stream", f"stream id {text[:40]!r} cannot be used in a topic")
 
 
+class GridTimes(Protocol):
+    """The grid's times, as `edge.grid.Regulariser` gives them."""
+
+    def after(self, label: float, k: int) -> float: ...
+
+
+def iso_time(t: float, tz: Any = None) -> str:
+    """ISO 8601 of epoch seconds: naive (UTC) when `tz` is None, as naive timestamps are read;
+    else in that time zone."""
+    if tz is None:
+        return datetime.fromtimestamp(t, timezone.utc).replace(tzinfo=None).isoformat()
+    return datetime.fromtimestamp(t, tz).isoformat()
+
+
 class Encoder:
     """Prediction and error payloads for one model."""
 
-    def __init__(self, manifest: Manifest, freq: timedelta | None) -> None:
+    def __init__(self, manifest: Manifest, freq: timedelta | None,
+                 grid: GridTimes | None = None) -> None:
+        self.grid = grid
         self.manifest = manifest
         self.model_id = manifest.model_id
         self.freq = freq
@@ -260,6 +329,7 @@ class Encoder:
         self._model_json = json.dumps(self.model_id)
         self._at_json: dict[datetime, str] = {}
         self._tail: dict[Any, bytes] = {}  # ',"at":[...],"model":"..."}' by raw timestamp
+        self._ptail: dict[tuple[float, Any], bytes] = {}  # the same by (period, time zone)
         self._head: dict[str, bytes] = {}  # '{"stream":"...","ts":' by stream
 
     def at(self, ts: datetime) -> list[str] | None:
@@ -280,8 +350,26 @@ class Encoder:
             self._at_json[ts] = text
         return text
 
-    def prediction(self, stream: str, obs: Observation, y: np.ndarray) -> bytes:
-        """`y` is the graph output for one stream (batch dimension included or not)."""
+    def _period_tail(self, period: float, tz: Any) -> bytes:
+        """`,"period":...,"at":[...],"model":...}` of a grid step, cached by period and zone."""
+        key = (period, tz)
+        tail = self._ptail.get(key)
+        if tail is None:
+            assert self.grid is not None
+            after = self.grid.after
+            at = [iso_time(after(period, k), tz) for k in range(1, self.horizon + 1)]
+            tail = (f',"period":{json.dumps(iso_time(period, tz))},'
+                    f'"at":{json.dumps(at, separators=(",", ":"))},"model":{self._model_json}}}'
+                    ).encode()
+            if len(self._ptail) >= AT_CACHE:
+                self._ptail.clear()
+            self._ptail[key] = tail
+        return tail
+
+    def prediction(self, stream: str, obs: Observation, y: np.ndarray,
+                   period: float | None = None) -> bytes:
+        """`y` is the graph output for one stream (batch dimension included or not); `period`
+        the period time of a grid step (None: `at` counts from the observation's time)."""
         y = np.asarray(y)
         if y.shape and y.shape[0] == 1 and y.ndim > 1:
             y = y[0]
@@ -292,7 +380,11 @@ class Encoder:
                 head = b'{"stream":' + _dumps(stream) + b',"ts":'
                 if len(self._head) < 100_000:
                     self._head[stream] = head
-            tail = self._tail.get(obs.ts_raw)  # raw: a datetime hashes slowly
+            tail: bytes | None
+            if period is not None and self.grid is not None:
+                tail = self._period_tail(period, obs.ts.tzinfo)
+            else:
+                tail = self._tail.get(obs.ts_raw)  # raw: a datetime hashes slowly
             if tail is None:
                 tail = (f',"at":{self._at_fragment(obs.ts)},"model":{self._model_json}}}'
                         ).encode()
@@ -314,7 +406,13 @@ class Encoder:
             doc["targets"] = self.targets
         else:
             doc["forecast"] = y.reshape(-1).tolist()
-        doc["at"] = self.at(obs.ts)
+        if period is not None and self.grid is not None:
+            tz = obs.ts.tzinfo
+            doc["period"] = iso_time(period, tz)
+            doc["at"] = [iso_time(self.grid.after(period, k), tz)
+                         for k in range(1, self.horizon + 1)]
+        else:
+            doc["at"] = self.at(obs.ts)
         doc["model"] = self.model_id
         return json.dumps(doc, separators=(",", ":")).encode()
 

@@ -19,7 +19,7 @@ An example `edge.toml` (keys are the long flag names, with `-` or `_`)::
     ha_discovery = "homeassistant"         # announce forecasts to Home Assistant
     ha_steps = [1, 6]
 
-    [field_map]                            # model feature -> payload key
+    [field_map]                            # model feature -> payload key (dots: nested)
     temp = "t"
 """
 
@@ -127,6 +127,15 @@ class EdgeConfig:
     max_payload: int = 16384
     on_gap: str = "reset"
     late: str = "drop"
+    # the payload key of the timestamp (field_map's "ts" wins); "arrival": stamp payloads that
+    # have none with the time they are decoded
+    ts_field: str = "ts"
+    ts: str = "payload"
+    # models with a grid: seconds a period stays open after its end (and after its last
+    # observation) before the timer closes it (None: 10 % of the period); which forecasts of
+    # filled periods are published ("latest": only the last period's)
+    grace: float | None = None
+    publish_fills: str = "latest"
     max_streams: int = 100_000
     queue_size: int = 10_000
     metrics_port: int | None = None
@@ -179,6 +188,14 @@ class EdgeConfig:
             raise EdgeError(f"on_gap must be 'reset' or 'keep', not {self.on_gap!r}")
         if self.late not in ("drop", "accept"):
             raise EdgeError(f"late must be 'drop' or 'accept', not {self.late!r}")
+        if self.ts not in ("payload", "arrival"):
+            raise EdgeError(f"ts must be 'payload' or 'arrival', not {self.ts!r}")
+        if not self.ts_field:
+            raise EdgeError("ts_field must not be empty")
+        if self.grace is not None and not 0 <= self.grace <= 366 * 86400:
+            raise EdgeError("grace must be from 0 seconds to a year")
+        if self.publish_fills not in ("latest", "all"):
+            raise EdgeError(f"publish_fills must be 'latest' or 'all', not {self.publish_fills!r}")
         if self.stream_level is not None and self.stream_level < 0:
             raise EdgeError("stream_level must be 0 or more")
         if self.stream_level is not None and self.stream_field is not None:
@@ -277,7 +294,7 @@ _INT_KEYS = {
 }
 _FLOAT_KEYS = {
     "checkpoint_interval", "reconnect_min", "reconnect_max", "max_delay_ms", "commit_interval",
-    "stream_ttl",
+    "stream_ttl", "grace",
 }
 
 

@@ -17,6 +17,38 @@ FORMAT = 1
 KINDS = ("step", "window")
 TASKS = ("regress", "classify")
 MODES = ("stateful", "window")
+AGGREGATIONS = ("mean", "last", "min", "max", "sum")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """How the trainer put the data on a regular grid, which the daemon repeats on live streams.
+
+    The period is the manifest's `freq` and gaps of up to `max_gap` periods are filled. Bins are
+    ``(T - period, T]``, closed and labelled on the right, at ``T = origin + k * period`` (epoch
+    seconds; calendar months ``MS`` are UTC month starts and ignore the origin). Within a bin
+    each feature is aggregated as `aggregation` says (mean, last, min, max or sum); a missing
+    bin between two real ones is filled linearly (`fill`) when the gap is at most `max_gap`.
+    """
+
+    origin: float
+    aggregation: dict[str, str] = field(default_factory=dict)  # feature -> how; default mean
+    closed: str = "right"
+    label: str = "right"
+    fill: str = "linear"
+
+    def __post_init__(self) -> None:
+        if self.closed != "right" or self.label != "right":
+            raise EdgeError("the manifest grid must be closed and labelled on the right")
+        if self.fill != "linear":
+            raise EdgeError(f"the manifest grid's fill {self.fill!r} is not 'linear'")
+        for name, how in self.aggregation.items():
+            if how not in AGGREGATIONS:
+                raise EdgeError(f"the manifest grid aggregates {name!r} by {how!r}, not one of "
+                                f"{', '.join(AGGREGATIONS)}")
+
+    def how(self, feature: str) -> str:
+        return self.aggregation.get(feature, "mean")
 
 
 @dataclass(frozen=True)
@@ -77,6 +109,9 @@ class Manifest:
     # ("temperature"), from `statecast-train --unit/--device-class`; for dashboards.
     unit: str | None = None
     device_class: str | None = None
+    # The grid the training data were put on; None (older manifests, plain Keras models): the
+    # daemon steps once per observation.
+    grid: Grid | None = None
     format: int = FORMAT
 
     def __post_init__(self) -> None:
@@ -111,6 +146,12 @@ class Manifest:
             names += [s.input, s.output]
         if len(set(names)) != len(names):
             raise EdgeError("the manifest uses one tensor name twice")
+        if self.grid is not None:
+            if self.freq is None:
+                raise EdgeError("the manifest has a grid but no freq (its period)")
+            unknown = [k for k in self.grid.aggregation if k not in self.features]
+            if unknown:
+                raise EdgeError(f"the manifest grid aggregates {unknown[0]!r}, not a feature")
 
     @property
     def n_features(self) -> int:
@@ -143,11 +184,18 @@ class Manifest:
                 for s in d.pop("state", [])
             )
             classes = d.pop("classes", None)
+            grid = d.pop("grid", None)
             known = set(cls.__dataclass_fields__)
             extra = {k: v for k, v in d.items() if k in known}
             return cls(
                 state=state,
                 classes=tuple(str(c) for c in classes) if classes is not None else None,
+                grid=Grid(
+                    origin=float(grid["origin"]),
+                    aggregation={str(k): str(v) for k, v in grid.get("aggregation", {}).items()},
+                    closed=str(grid.get("closed", "right")), label=str(grid.get("label", "right")),
+                    fill=str(grid.get("fill", "linear")),
+                ) if grid is not None else None,
                 **{
                     **extra,
                     "features": tuple(str(f) for f in d["features"]),

@@ -257,7 +257,8 @@ class RecordService:
         self.features = tuple(features)
         self.recorder = Recorder(config.record, self.features, fsync=config.fsync)
         self.decoder = Decoder(self.features, config.field_map, config.max_payload,
-                               stream_field=config.stream_field)
+                               stream_field=config.stream_field, ts_field=config.ts_field,
+                               arrival=config.ts == "arrival")
         self.router = StreamRouter(config.subscribe, config.stream_level)
         self.metrics = Metrics("record")
         self.queue: queue.Queue[Any] = queue.Queue()
@@ -473,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
 RECORD_KEYS = (
     "broker", "subscribe", "errors", "client_id", "qos", "mqtt_version", "username",
     "password_file", "ca_file", "cert_file", "key_file", "tls_insecure", "stream_level",
-    "stream_field", "max_payload", "late", "log_level", "fsync", "model",
+    "stream_field", "max_payload", "late", "log_level", "fsync", "model", "ts_field", "ts",
 )
 # settings of the daemon's config file that the recorder reads
 SHARED_KEYS = (*RECORD_KEYS, "status", "commands", "field_map", "keepalive", "session_expiry",

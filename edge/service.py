@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,6 +35,7 @@ from edge.codec import (
 from edge.config import EdgeConfig
 from edge.discovery import Discovery
 from edge.errors import EdgeError
+from edge.grid import Closed, Regulariser
 from edge.metrics import Metrics, MetricsServer
 from edge.model import StepModel
 from edge.notify import Notifier
@@ -49,12 +50,17 @@ log = logging.getLogger(__name__)
 
 LOG_EVERY = 60.0
 MAX_UNCONFIRMED = 5000  # publications waiting for the broker before the worker stops taking
+TICK = 0.25  # seconds between two runs of the grid's timer (`Processor.tick`)
 _STOP = object()
 FATAL_EXIT = 3  # the broker refused us for good (credentials, TLS): retrying cannot help
 FAILED_EXIT = 1  # a thread the daemon needs died: systemd restarts it (Restart=on-failure)
 
 # (topic, payload, retain) -> accepted
 Publisher = Callable[[str, bytes, int], bool]
+# one model step waiting in `Processor._pending`: (stream, its state, the step's time t, its
+# feature row x, the observation behind it, topic, payload, the period time (grid) or None,
+# whether its forecast is published)
+Pending = tuple[str, StreamState, float, np.ndarray, Observation, str, bytes, float | None, bool]
 
 
 def load_model(config: EdgeConfig) -> tuple[StepModel, timedelta | None]:
@@ -66,7 +72,9 @@ def load_model(config: EdgeConfig) -> tuple[StepModel, timedelta | None]:
         try:
             freq = parse_freq(m.freq)
         except EdgeError as exc:
-            log.warning("%s: forecasts will carry no 'at' times and gaps are not checked", exc)
+            if m.grid is None:  # a grid places calendar months itself (`edge.grid`)
+                log.warning("%s: forecasts will carry no 'at' times and gaps are not checked",
+                            exc)
     if m.kind == "step" and model.dynamic_batch:
         log.info("Model %s has a dynamic batch: streams are stepped together, up to %d per run",
                  m.model_id, config.max_batch)
@@ -117,6 +125,7 @@ class Processor:
         *,
         on_admit: Callable[[str, Observation], None] | None = None,
         publish_forecast: Publisher | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         m = model.manifest
         self.config = config
@@ -130,12 +139,18 @@ class Processor:
         self.metrics = metrics or Metrics(m.model_id)
         self.runner = Runner(model)
         self.decoder = Decoder(
-            m.features, config.field_map, config.max_payload, stream_field=config.stream_field
+            m.features, config.field_map, config.max_payload, stream_field=config.stream_field,
+            ts_field=config.ts_field, arrival=config.ts == "arrival",
         )
-        self.encoder = Encoder(m, freq)
+        # a model trained on a grid: each stream is regularised to one step per period
+        self.grid = Regulariser(m, config.grace) if m.grid is not None else None
+        self.clock = clock  # wall clock: arrivals and the grid's timer
+        self.encoder = Encoder(m, freq, self.grid)
         self.router = StreamRouter(config.subscribe, config.stream_level)
         # what other parts keep per stream besides the model's state: name -> a new stream's value
         extras: dict[str, np.ndarray] = {}
+        if self.grid is not None:
+            extras[self.grid.name] = self.grid.template()
         fresh = StateStore(
             m.model_id,
             self.runner.zero_state(),
@@ -151,15 +166,20 @@ class Processor:
             store.rename(m.model_id, extras)
             fresh = store
         self.store = fresh
-        self.max_gap = (
-            freq.total_seconds() * m.max_gap if freq is not None and m.max_gap else None
+        self.max_gap = (  # without a grid: the longest gap between observations
+            freq.total_seconds() * m.max_gap
+            if freq is not None and m.max_gap and self.grid is None else None
         )
         self.qos = config.qos
         self._topics: dict[tuple[str, str], str] = {}
         self._last_log: dict[str, float] = {}
         # observations admitted and waiting for their step: one per stream, at most `_limit`
         self._limit = config.max_batch if self.runner.batched else 1
-        self._pending: list[tuple[str, StreamState, Observation, str, bytes]] = []
+        self._pending: list[Pending] = []
+        self._fills = config.publish_fills == "all"
+        # grid: stream -> when the timer closes its open period (built from the store at the
+        # first tick; streams evicted since are skipped, and close when they come back)
+        self._due: dict[str, float] | None = None
         self._seen: set[str] = set()
 
     def topic(self, template: str, stream: str) -> str:
@@ -219,6 +239,8 @@ class Processor:
             if obs.t <= st.last_t and self.config.late == "drop":
                 reason = "duplicate" if obs.t == st.last_t else "out_of_order"
                 raise PayloadError(reason, f"timestamp {obs.ts_raw!r} is not later than the last")
+            if self.grid is not None:
+                self.grid.check(st.extra[self.grid.name], obs.t)
             if self.max_gap is not None and obs.t - st.last_t > self.max_gap:
                 detail = (
                     f"gap of {obs.t - st.last_t:g} s exceeds max_gap "
@@ -231,9 +253,10 @@ class Processor:
                 self.report(stream, "gap", detail, topic, payload, drop=False)
         return st
 
-    def _emit(self, stream: str, obs: Observation, y: np.ndarray) -> None:
+    def _emit(self, stream: str, obs: Observation, y: np.ndarray,
+              period: float | None = None) -> None:
         """Encode and publish one prediction (`y` with its batch dimension of 1)."""
-        body = self.encoder.prediction(stream, obs, y)
+        body = self.encoder.prediction(stream, obs, y, period)
         if self.publish_forecast(self.topic(self.config.publish, stream), body, self.qos):
             self.metrics.predictions_out += 1
         else:
@@ -244,8 +267,11 @@ class Processor:
 
         Every message takes the same steps: decode and route, admit (the checks against its
         stream's state), then wait in `_pending` to be stepped (`_step_pending`: run the model,
-        tell the store, publish). With a dynamic-batch step graph the pending streams are
-        stepped together in one session run (micro-batching); otherwise each is stepped at once.
+        tell the store, publish). With a grid model the message goes into its stream's open
+        period first (`_regularise`) and what waits are the steps of the periods it closes, in
+        order (fills first), each with its period time. With a dynamic-batch step graph the
+        pending streams are stepped together in one session run (micro-batching); otherwise
+        each is stepped at once.
         A run holds at most one observation per stream (a second one for the same stream first
         steps what is pending) and at most `max_batch`, so each stream sees its observations in
         order, is checked against its up-to-date state, and gets the forecasts it would get
@@ -269,7 +295,10 @@ class Processor:
                 st = self._admit(stream, obs, topic, payload)
                 if self.on_admit is not None:
                     self.on_admit(stream, obs)
-                pending.append((stream, st, obs, topic, payload))
+                if self.grid is not None:
+                    made += self._regularise(stream, st, obs, topic, payload)
+                    continue
+                pending.append((stream, st, obs.t, obs.values, obs, topic, payload, None, True))
                 seen.add(stream)
                 if len(pending) >= limit:
                     made += self._step_pending()
@@ -284,6 +313,83 @@ class Processor:
                 self.report(stream, "internal", f"{type(exc).__name__}: {exc}", topic, payload)
         return made + self._step_pending()
 
+    def _regularise(self, stream: str, st: StreamState, obs: Observation, topic: str,
+                    payload: bytes) -> int:
+        """Grid models: put the observation in its stream's open period; queue the steps of the
+        periods it closes (see `edge.grid`). Returns the forecasts made on the way."""
+        grid = self.grid
+        assert grid is not None
+        g = st.extra[grid.name]
+        closed = grid.add_one(g, obs.t, obs.values, self.clock())
+        if self._due is not None:
+            at = grid.due_at(g)
+            if at is None:
+                self._due.pop(stream, None)
+            else:
+                self._due[stream] = at
+        made = 0
+        for c in closed:
+            n, st = self._queue(stream, st, c, obs, topic, payload)
+            made += n
+        self.store.advance(stream, obs.t)  # the open period changed: journaled next commit
+        return made
+
+    def _queue(self, stream: str, st: StreamState, closed: Closed, obs: Observation,
+               topic: str, payload: bytes) -> tuple[int, StreamState]:
+        """Queue the steps of one closed period in order (a long gap before it resets the state
+        first, as the trainer split its segments there); a stream has one step per run."""
+        assert self.grid is not None
+        made = 0
+        if closed.gap:
+            if stream in self._seen:
+                made += self._step_pending()
+            detail = (f"gap of {closed.gap} missing periods exceeds max_gap "
+                      f"({self.manifest.max_gap} × {self.manifest.freq})")
+            if self.config.on_gap == "reset":
+                st = self.store.reset(stream, keep_last_t=True, keep=(self.grid.name,))
+                self.metrics.reset("gap")
+                detail += "; state reset"
+            self.report(stream, "gap", detail, topic, payload, drop=False)
+        pending, seen = self._pending, self._seen
+        for step in closed.steps:
+            if stream in seen:
+                made += self._step_pending()
+            pending.append((stream, st, step.t, step.values.astype(np.float32), obs, topic,
+                            payload, step.t, self._fills or not step.fill))
+            seen.add(stream)
+            if len(pending) >= self._limit:
+                made += self._step_pending()
+        return made, st
+
+    def tick(self, now: float | None = None) -> int:
+        """Grid models: close the periods whose timer is due at wall-clock `now` (see
+        `edge.grid`), step and publish them; returns the forecasts made. Never raises."""
+        grid = self.grid
+        if grid is None:
+            return 0
+        now = self.clock() if now is None else now
+        name = grid.name
+        streams = self.store.streams
+        if self._due is None:
+            self._due = {k: at for k, v in streams.items()
+                         if (at := grid.due_at(v.extra[name])) is not None}
+        made = 0
+        try:
+            for stream in [k for k, at in self._due.items() if now >= at]:
+                del self._due[stream]
+                st = streams.get(stream)
+                if st is None or not grid.due(st.extra[name], now):  # evicted, reset, dropped
+                    continue
+                last = st.last_t if st.last_t is not None else now
+                ts = datetime.fromtimestamp(last, timezone.utc).replace(tzinfo=None)  # UTC
+                obs = Observation(last, ts, last, np.zeros(0, np.float32), stream)
+                made += self._queue(stream, st, grid.close_one(st.extra[name]), obs,
+                                    "(timer)", b"")[0]
+                self.store.advance(stream, last)
+        except Exception:
+            log.exception("The grid timer failed")
+        return made + self._step_pending()
+
     def _step_pending(self) -> int:
         """Step the pending observations (distinct streams), record each step in the store and
         publish the forecasts; returns the number of forecasts. Never raises."""
@@ -294,21 +400,23 @@ class Processor:
         self._pending.clear()
         self._seen.clear()
         try:
-            ys = self._run([p[1] for p in pending], [p[2] for p in pending])
+            ys = self._run([p[1] for p in pending], [p[2] for p in pending],
+                           [p[3] for p in pending])
         except Exception as exc:
             log.exception("The model failed on %d observation(s)", n)
-            for stream, _, _, topic, payload in pending:
+            for stream, _, _, _, _, topic, payload, _, _ in pending:
                 self.report(stream, "internal", f"{type(exc).__name__}: {exc}", topic, payload)
             return 0
         advance = self.store.advance
         made = 0
-        for (stream, _, obs, topic, payload), y in zip(pending, ys, strict=True):
+        for (stream, _, _, _, obs, topic, payload, period, publish), y in zip(
+                pending, ys, strict=True):
             advance(stream, obs.t)
-            if y is None:  # a window graph still warming up
+            if y is None or not publish:  # a window graph still warming up; a quiet fill
                 continue
             made += 1
             try:
-                self._emit(stream, obs, y)
+                self._emit(stream, obs, y, period)
             except Exception as exc:
                 log.exception("Unexpected failure on %s (payload %r)", topic, truncate(payload))
                 self.report(stream, "internal", f"{type(exc).__name__}: {exc}", topic, payload)
@@ -320,15 +428,16 @@ class Processor:
                 observe(per)
         return made
 
-    def _run(self, states: list[StreamState], obs: list[Observation]) -> list[np.ndarray | None]:
-        """The one place the model runs: advance each state (distinct streams) by its
-        observation, all in one session run with a dynamic-batch graph (one at a time
+    def _run(self, states: list[StreamState], times: list[float],
+             rows: list[np.ndarray]) -> list[np.ndarray | None]:
+        """The one place the model runs: advance each state (distinct streams) by its step (time
+        and feature row), all in one session run with a dynamic-batch graph (one at a time
         otherwise); forecasts keep a batch dimension of 1 (None while a window graph warms up)."""
         if not self.runner.batched:
-            return [self.runner.step_one(st, o.values, o.t)
-                    for st, o in zip(states, obs, strict=True)]
-        x = obs[0].values.reshape(1, -1) if len(obs) == 1 else np.stack([o.values for o in obs])
-        t = np.fromiter((o.t for o in obs), np.float64, len(obs)) \
+            return [self.runner.step_one(st, x, t)
+                    for st, t, x in zip(states, times, rows, strict=True)]
+        x = rows[0].reshape(1, -1) if len(rows) == 1 else np.stack(rows)
+        t = np.fromiter(times, np.float64, len(times)) \
             if self.runner.time_input else None  # only graphs with calendar inputs take it
         ys = self.runner.step_many(states, x, t)
         return [ys[i : i + 1] for i in range(len(states))]
@@ -385,6 +494,7 @@ class Service:
         self._pending: list[tuple[int, int]] = []  # (connection << 16 | mid, qos) to acknowledge
         self._pending_since = time.monotonic()
         self._sent: list[Any] = []  # paho MQTTMessageInfo of publications not yet confirmed
+        self._next_tick = 0.0
 
     def _status(self, status: str, streams: int = 0, warming: int = 0) -> bytes:
         """The retained status: online/offline, the live model, how many streams there are
@@ -726,6 +836,7 @@ class Service:
             self._beat = time.monotonic()
             batch = self._take(limit)
             if not batch:
+                self._tick(proc)
                 self._maybe_checkpoint()
                 self._upkeep()
                 continue
@@ -766,6 +877,7 @@ class Service:
             if len(proc.store) != self.metrics.streams:
                 self._update_gauges()  # the gauge and status follow new streams at once
             self._flush(acks)
+            self._tick(proc)
             if self._commit_due():
                 self._commit()
             if time.monotonic() - self._last_checkpoint >= self.config.checkpoint_interval:
@@ -777,6 +889,19 @@ class Service:
                 self.recorder.close()
             except OSError as exc:
                 log.warning("Could not sync the record in %s (%s)", self.config.record, exc)
+
+    def _tick(self, proc: Processor) -> None:
+        """Run the grid's timer (at most every `TICK` seconds) and hand what it published to
+        paho; the states it changed go out with the next commit."""
+        if proc.grid is None:
+            return
+        now = time.monotonic()
+        if now < self._next_tick:
+            return
+        self._next_tick = now + TICK
+        proc.tick()
+        if self._outbox:
+            self._flush([])
 
     @staticmethod
     def _process(proc: Processor, messages: list[tuple[str, bytes]]) -> None:
@@ -847,7 +972,7 @@ class Service:
         if self.processor.store.dirty:
             return max(0.0, self._last_checkpoint + self.config.checkpoint_interval
                        - time.monotonic())
-        return 1.0
+        return TICK if self.processor.grid is not None else 1.0
 
     def _commit_due(self) -> bool:
         return bool(self._pending) and (

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from edge import EdgeError, __version__
-from edge.manifest import METADATA_KEY, Manifest, StateSpec
+from edge.manifest import METADATA_KEY, Grid, Manifest, StateSpec
 from edge.model import StepModel, time_feed
 from export.convert import (
     DEFAULT_OPSET,
@@ -102,7 +102,17 @@ def make_manifest(source: Source, built: Built, *, kind: str, batch: str, precis
         metrics=dict(source.metrics), source=src, **_structure_fields(lay),
         unit=unit or (spec.unit if spec is not None else None),
         device_class=device_class or (spec.device_class if spec is not None else None),
+        grid=_grid(spec.grid if spec else None),
     )
+
+
+def _grid(grid: dict[str, Any] | None) -> Grid | None:
+    """The run's grid (`RunSpec.grid`) for the manifest; None for runs trained before it."""
+    if not grid:
+        return None
+    return Grid(origin=float(grid["origin"]), aggregation=dict(grid.get("aggregation", {})),
+                closed=grid.get("closed", "right"), label=grid.get("label", "right"),
+                fill=grid.get("fill", "linear"))
 
 
 def _structure_fields(lay: Layout) -> dict[str, Any]:

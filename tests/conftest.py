@@ -30,11 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from edge_models import build_model
 
 from bench.broker import Mosquitto, find_mosquitto, free_port
+from edge.manifest import Grid
 
+GRID_ORIGIN = 1293840000.0  # 2011-01-01T00:00:00 UTC
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy" / "mosquitto"
 __all__ = [
     "DEPLOY",
+    "GRID_ORIGIN",
     "PASSWORDS",
     "ROOT",
     "Collector",
@@ -94,6 +97,11 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             model_id="test-multi",
         ),
         "nomanifest": build_model(d / "nomanifest.onnx", manifest=False),
+        # hourly models trained on a grid from 2011-01-01T00:00 (max_gap 3), both serving modes
+        "grid": build_model(d / "grid.onnx", model_id="test-grid", max_gap=3,
+                            grid=Grid(origin=GRID_ORIGIN)),
+        "grid-dynamic": build_model(d / "grid-dyn.onnx", model_id="test-grid", max_gap=3,
+                                    grid=Grid(origin=GRID_ORIGIN), batch="dynamic"),
     }
 
 
@@ -102,6 +110,12 @@ def batch(request: pytest.FixtureRequest) -> str:
     """Both serving modes: a batch-1 export (one stream per run) and a `--batch dynamic` export
     (the streams with a pending observation stepped together)."""
     return str(request.param)
+
+
+@pytest.fixture
+def grid_model(models: dict[str, Path], batch: str) -> Path:
+    """The hourly grid model as exported for the serving mode `batch`."""
+    return models["grid" if batch == "1" else "grid-dynamic"]
 
 
 @pytest.fixture

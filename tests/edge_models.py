@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edge.manifest import METADATA_KEY, Manifest, StateSpec
+from edge.manifest import METADATA_KEY, Grid, Manifest, StateSpec
 
 OPSET = 17
 
@@ -41,6 +41,7 @@ def build_model(
     std: float = 10.0,
     manifest: bool = True,
     batch: str = "1",
+    grid: Grid | None = None,
 ) -> Path:
     """Write a model and return its path. Targets default to the first feature.
 
@@ -147,6 +148,7 @@ def build_model(
             lookback=lookback if kind == "window" else None,
             max_gap=max_gap,
             batch=batch,
+            grid=grid,
         )
         helper.set_model_props(model, {METADATA_KEY: man.to_json()})
     onnx.checker.check_model(model)

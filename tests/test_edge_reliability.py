@@ -24,6 +24,7 @@ from conftest import Collector, Daemon, Mosquitto, free_port
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.config import EdgeConfig
+from edge.grid import ARRIVAL
 from edge.model import StepModel
 from edge.service import Processor, load_model
 from edge.state import StateStore
@@ -552,3 +553,103 @@ def test_evicted_streams_come_back_exactly(
     assert proc.store.restored > 0 and proc.store.evictions > 0
     got = {(p["stream"], p["ts"]): [p["forecast"]] for p in out}
     check_exactly(got, models["step"], rows)
+
+
+def test_sigkill_with_a_sensor_faster_than_the_period_keeps_the_open_period(
+    broker: Mosquitto, grid_model: Path, tmp_path: Path, daemon_factory: Any,
+    collector_factory: Any,
+) -> None:
+    """Two sensors publish 6 readings per period (jittered, off the grid) into an hourly grid
+    model while the daemon is killed with SIGKILL 12 times: the open period lives in the
+    journaled state, so the forecasts published per (stream, period), and the final states
+    (model and open period), equal one uninterrupted run's."""
+    cid = f"kg{uuid.uuid4().hex[:8]}"
+    state = tmp_path / "state"
+    rng = random.Random(11)
+    streams = ["g0", "g1"]
+    n_rows = 900
+
+    def row(s: int, i: int) -> bytes:
+        offset = i * 600 + (i * 37 + 101 * s) % 300 + 1  # never on the grid
+        ts = (T0 + timedelta(seconds=offset)).isoformat()
+        return json.dumps({"ts": ts, "temp": round(50 + 10 * np.sin(i / 23 + s), 3)}).encode()
+
+    sent: dict[str, list[bytes]] = {s: [] for s in streams}
+    col = collector_factory(broker, [f"{cid}-out/#", f"{cid}-err/#", f"statecast/status/{cid}"])
+    argv = args(grid_model, broker, cid, "--state-dir", str(state))
+    mark = col.mark()
+    d = daemon_factory(*argv)
+    wait_online(col, cid, mark, d)
+    pub = publisher(broker)
+    done = threading.Event()
+
+    def publish() -> None:
+        i = 0
+        while not done.is_set() and i < n_rows:
+            for k, s in enumerate(streams):
+                body = row(k, i)
+                pub.publish(f"{cid}/{s}/temp", body, qos=1)
+                sent[s].append(body)
+            i += 1
+            time.sleep(0.004)
+
+    thread = threading.Thread(target=publish, name="test-publisher")
+    thread.start()
+    try:
+        for _ in range(12):
+            time.sleep(rng.uniform(0.0, 0.4))
+            d.stop(signal.SIGKILL)
+            mark = col.mark()
+            d = daemon_factory(*argv)
+            wait_online(col, cid, mark, d)
+    finally:
+        done.set()
+        thread.join()
+    # the uninterrupted run: the same messages through one processor
+    cfg = EdgeConfig(model=str(grid_model), subscribe=(f"{cid}/+/temp",), client_id="ref")
+    model, freq = load_model(cfg)
+    want: dict[tuple[str, str], list[float]] = {}
+
+    def keep(topic: str, payload: bytes, qos: int) -> bool:
+        doc = json.loads(payload)
+        if "forecast" in doc:
+            want[(doc["stream"], doc["period"])] = doc["forecast"]
+        return True
+
+    ref = Processor(cfg, model, freq, keep)
+    for s in streams:
+        for body in sent[s]:
+            ref.handle(f"{cid}/{s}/temp", body)
+    n = len(want)
+    assert n > 2 * 40, n  # each sensor closed dozens of periods, six readings each
+    deadline = time.monotonic() + 60
+    got: dict[tuple[str, str], list[list[float]]] = {}
+    while time.monotonic() < deadline:
+        got = {}
+        for p in col.json(f"{cid}-out/"):
+            got.setdefault((p["stream"], p["period"]), []).append(p["forecast"])
+        if len(got) >= n:
+            break
+        time.sleep(0.05)
+    assert d.stop() == 0
+    pub.disconnect()
+    pub.loop_stop()
+    assert set(got) == set(want)
+    for key, forecasts in got.items():
+        assert all(f == forecasts[0] for f in forecasts), f"{key} published different values"
+        np.testing.assert_allclose(forecasts[0], want[key], atol=1e-6, rtol=0)
+    assert {e["reason"] for e in col.json(f"{cid}-err/")} <= {"duplicate", "out_of_order"}
+    # the final states on disk, open period included, equal the uninterrupted run's
+    store = StateStore(model.manifest.model_id, model.zero_state(),
+                       extras=dict(ref.store.extras))
+    assert store.load(state) == len(streams)
+    for s in streams:
+        mine, theirs = store.streams[s], ref.store.streams[s]
+        for x, y in zip(mine.state, theirs.state, strict=True):
+            np.testing.assert_allclose(x, y, atol=1e-6, rtol=0)
+        for name, value in theirs.extra.items():  # all but the wall-clock arrival time
+            keep = np.arange(value.size) != ARRIVAL
+            np.testing.assert_allclose(mine.extra[name][keep], value[keep], atol=1e-9, rtol=0)
+        assert mine.count == theirs.count and mine.last_t == theirs.last_t
+    print(f"sigkill grid: {sum(map(len, sent.values()))} readings, {n} periods, "
+          f"{sum(map(len, got.values()))} forecasts published")

@@ -200,7 +200,7 @@ def test_real_trainer_run_exports_and_matches(tmp_path: Path) -> None:
     run = tmp_path / "run"
     status = train_main(["--data", str(data), "--time-col", "date", "--target", "temp",
                          "--epochs", "1", "--units", "4", "--layers", "1", "--horizon", "2",
-                         "--structure", "plain", "--out", str(run)])
+                         "--structure", "plain", "--agg", "temp=last", "--out", str(run)])
     assert status in (0, None)
     out = tmp_path / "temps.onnx"
     assert export_main([str(run), "--out", str(out)]) == 0
@@ -214,3 +214,7 @@ def test_real_trainer_run_exports_and_matches(tmp_path: Path) -> None:
     np.testing.assert_allclose(ys, ref, atol=1e-4)
     meta = json.loads(StepModel(out).session.get_modelmeta().custom_metadata_map["statecast"])
     assert meta["features"] == ["temp"] and meta["horizon"] == 2 and meta["freq"] == "1h"
+    # the grid the trainer used travels to the daemon: origin = the first timestamp (UTC)
+    assert meta["grid"] == {"origin": 1262304000.0, "aggregation": {"temp": "last"},
+                            "closed": "right", "label": "right", "fill": "linear"}
+    assert StepModel(out).manifest.grid is not None

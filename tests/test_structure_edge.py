@@ -206,3 +206,44 @@ def test_sigkill_keeps_window_graph_windows(
             want = sm.step(xs[i - lookback + 1:i + 1], [])[0][0]
             mine = np.asarray(got[(s, rows[s][i][0])][0])
             np.testing.assert_allclose(mine, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("batch", ["1", "dynamic"])
+def test_a_fast_sensor_steps_the_calendar_graph_at_period_times(
+    seasonal_models: dict[str, Path], batch: str, tmp_path: Path,
+) -> None:
+    """A run's manifest carries the trainer's grid: six jittered readings an hour (a 2-hour gap
+    among them) step the seasonal graph once per hour, with the period time as its time input,
+    exactly as the graph stepped over the trainer's regularisation of the same readings."""
+    import json
+
+    from conftest import Sink
+
+    from edge.config import EdgeConfig
+    from edge.service import Processor, load_model
+    from trainer.data import load_dataset
+
+    model = seasonal_models[batch]
+    assert StepModel(model).manifest.grid is not None
+    rng = np.random.default_rng(5)
+    t0 = pd.Timestamp("2024-03-01 00:00")
+    offsets = [0] + [h * 3600 + j * 600 + int(rng.integers(1, 599))
+                     for h in range(60) if h not in (30, 31) for j in range(6)]
+    raw = pd.DataFrame({"date": [t0 + pd.Timedelta(seconds=s) for s in offsets],
+                        "temp": np.round(50 + 10 * np.sin(np.array(offsets) / 13751), 3)})
+    raw.to_csv(tmp_path / "raw.csv", index=False)
+    seg = load_dataset(tmp_path / "raw.csv", ["temp"], time_col="date", freq="1h").segments[0]
+    periods = pd.DatetimeIndex(seg.times)
+    want, _ = StepModel(model).run_sequence(
+        seg.x.astype(np.float32), ts=(periods.as_unit("ns").asi8 / 1e9))
+
+    cfg = EdgeConfig(model=str(model), subscribe=("s/+/temp",), client_id="t",
+                     publish_fills="all")
+    m, freq = load_model(cfg)
+    sink = Sink()
+    proc = Processor(cfg, m, freq, sink)
+    for ts, v in zip(raw["date"], raw["temp"], strict=True):
+        proc.handle("s/a/temp", json.dumps({"ts": ts.isoformat(), "temp": v}).encode())
+    got = sink.on("forecasts/a")
+    assert [d["period"] for d in got] == [p.isoformat() for p in periods[:-1]]
+    np.testing.assert_allclose([d["forecast"] for d in got], want[:-1], atol=1e-4, rtol=0)

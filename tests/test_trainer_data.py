@@ -53,8 +53,11 @@ def test_freq_option_overrides_inference(tmp_path: Path) -> None:
     df = hourly_sine(96)
     ds = load_dataset(write_csv(df, tmp_path / "d.csv"), ["temp"], time_col="date", freq="2h")
     assert ds.freq == "2h"
-    assert len(ds.segments[0].x) == 48  # two hourly rows averaged into each 2-hour bin
-    np.testing.assert_allclose(ds.segments[0].x[0, 0], df["temp"].iloc[:2].mean())
+    # bins (T - 2h, T] from the first timestamp: the first row alone, then pairs of rows
+    assert len(ds.segments[0].x) == 49
+    np.testing.assert_allclose(ds.segments[0].x[0, 0], df["temp"].iloc[0])
+    np.testing.assert_allclose(ds.segments[0].x[1, 0], df["temp"].iloc[1:3].mean())
+    assert ds.origin == pd.Timestamp(df["date"].iloc[0]).timestamp()
 
 
 def test_scaler_is_fitted_on_training_rows_only(tmp_path: Path) -> None:

@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--series-col", help="column naming independent series (e.g. one per sensor)")
     a("--freq", help="period such as 1h, 15min, 1D (default: inferred)")
     a("--max-gap", type=int, default=3, help="interpolate gaps up to N periods; split longer")
+    a("--agg", type=_aggs, metavar="COL=HOW,...",
+      help="how the rows within one period are combined, per column: mean (default), last, "
+      "min, max or sum (e.g. rain=sum,temp=mean); the edge daemon does the same")
     a("--horizon", type=int, default=1, help="forecast the next H values (default 1)")
     a("--lookback", type=int, default=24,
       help="steps per batch (stateful) or window length (window); default 24")
@@ -100,6 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _aggs(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in text.split(","):
+        col, sep, how = part.partition("=")
+        if not sep or not col.strip() or not how.strip():
+            raise argparse.ArgumentTypeError(f"{part!r} is not COL=HOW (e.g. rain=sum)")
+        out[col.strip()] = how.strip()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     prog = "statecast-train"
@@ -107,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = TrainConfig(
             data=args.data, targets=args.target, out=args.out, time_col=args.time_col,
             features=args.features, series_col=args.series_col, freq=args.freq,
-            max_gap=args.max_gap, horizon=args.horizon, lookback=args.lookback,
+            max_gap=args.max_gap, agg=args.agg, horizon=args.horizon, lookback=args.lookback,
             layers=args.layers, units=args.units, dropout=args.dropout, arch=args.arch,
             task=args.task, threshold=args.threshold, mode=args.mode, epochs=args.epochs,
             batch_size=args.batch_size, season=args.season, test_frac=args.test_frac,

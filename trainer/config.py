@@ -22,6 +22,7 @@ class TrainConfig:
     series_col: str | None = None
     freq: str | None = None
     max_gap: int = 3
+    agg: dict[str, str] | None = None  # column -> aggregation within a period (default mean)
     horizon: int = 1
     lookback: int = 24
     layers: int = 2

@@ -3,6 +3,13 @@
 Each series (one per value of `--series-col`, or the whole file) is sorted, de-duplicated,
 put on a regular grid of period `freq`; gaps of up to `max_gap` periods are interpolated and
 longer ones split it into segments, so no state ever runs across a long gap.
+
+The grid (the same definition the edge daemon applies to live streams, see `edge/grid.py` and
+the manifest's `grid`): bins of one period closed on the right and labelled on the right,
+``(T - period, T]`` labelled ``T``, with the grid times ``origin + k * period`` where `origin` is
+the first timestamp of the data (one origin for every series); calendar months (``MS``) are
+bins ``(month start, next month start]`` in UTC. The rows in a bin are aggregated per column
+(`agg`: mean by default, or last, min, max, sum), so a row exactly at a grid time closes its bin.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ import numpy as np
 import pandas as pd
 
 from trainer.errors import TrainError
+
+AGGREGATIONS = ("mean", "last", "min", "max", "sum")
 
 
 @dataclass
@@ -35,6 +44,8 @@ class Dataset:
     targets: list[str]
     freq: str | None
     classes: list[str] | None = None
+    origin: float | None = None  # epoch seconds of the grid's origin (None without a time column)
+    agg: dict[str, str] = field(default_factory=dict)  # feature -> aggregation within a bin
     interpolated: int = 0
     splits: int = 0
     notes: list[str] = field(default_factory=list)
@@ -153,8 +164,10 @@ def load_dataset(
     max_gap: int = 3,
     categorical_ok: bool = False,
     min_length: int = 1,
+    agg: dict[str, str] | None = None,
 ) -> Dataset:
-    """Load `path` and return gap-split segments; see the module docstring."""
+    """Load `path` and return gap-split segments; see the module docstring. `agg` maps a
+    column to its aggregation within a period (mean when not named)."""
     df = read_table(path)
     if df.empty:
         raise TrainError(f"data file {path} has no rows")
@@ -169,6 +182,13 @@ def load_dataset(
         else:
             features = list(targets)
     require_columns(df, features, "feature")
+    agg = dict(agg or {})
+    for col, how in agg.items():
+        if col not in features and col not in targets:
+            raise TrainError(f"--agg names {col!r}, which is neither a feature nor a target")
+        if how not in AGGREGATIONS:
+            raise TrainError(
+                f"--agg {col}={how}: the aggregation must be one of {', '.join(AGGREGATIONS)}")
     if time_col is not None:
         require_columns(df, [time_col], "time")
     if series_col is not None:
@@ -202,6 +222,7 @@ def load_dataset(
     table["__series__"] = df[series_col].astype(str) if series_col else "all"
 
     step = parse_freq(freq) if freq else None
+    origin = table["__time__"].min() if time_col is not None else None
     segments: list[Segment] = []
     interpolated = splits = 0
     inferred: pd.Timedelta | pd.DateOffset | None = step
@@ -213,7 +234,7 @@ def load_dataset(
             period = step or _infer_period(group["__time__"])
             inferred = inferred or period
             group = group.set_index("__time__")
-            grid = _regularise(group, features, ycols, categorical, period)
+            grid = _regularise(group, features, ycols, categorical, period, origin, agg)
         else:
             grid = group.reset_index(drop=True)
         segs, n_interp, n_split = _split_gaps(grid, features + ycols, max_gap)
@@ -246,6 +267,8 @@ def load_dataset(
         targets=list(targets),
         freq=freq_string(inferred) if inferred is not None else None,
         classes=classes,
+        origin=_epoch(origin) if origin is not None else None,
+        agg={f: agg.get(f, "mean") for f in features},
         interpolated=interpolated,
         splits=splits,
         notes=[f"dropped {len(segments) - len(usable)} short segment(s)"]
@@ -277,18 +300,41 @@ def _infer_period(times: pd.Series) -> pd.Timedelta | pd.DateOffset:
     return common
 
 
+def _epoch(ts: pd.Timestamp) -> float:
+    """Epoch seconds; naive timestamps are read as UTC (as the edge reads them)."""
+    return float(pd.Timestamp(ts).timestamp())
+
+
 def _regularise(
     group: pd.DataFrame,
     features: list[str],
     ycols: list[str],
     categorical: bool,
     period: pd.Timedelta | pd.DateOffset,
+    origin: pd.Timestamp | None = None,
+    agg: dict[str, str] | None = None,
 ) -> pd.DataFrame:
-    """Put rows on a regular grid: bins with several rows are averaged, empty bins are NaN."""
+    """Put rows on the grid (see the module docstring): the rows of a bin are aggregated per
+    column (`agg`, mean by default), empty bins are NaN."""
     numeric = list(dict.fromkeys(features + ([] if categorical else ycols)))
-    binned = group[numeric].resample(period).mean()
+    if isinstance(period, pd.Timedelta):
+        bins = group[numeric].resample(period, closed="right", label="right",
+                                       origin=origin if origin is not None else "start_day")
+    else:  # calendar months: the offset itself fixes the grid
+        bins = group[numeric].resample(period, closed="right", label="right")
+    how = agg or {}
+    binned = pd.DataFrame({
+        col: bins[col].sum(min_count=1) if how.get(col) == "sum"
+        else getattr(bins[col], how.get(col, "mean"))()
+        for col in numeric
+    })
     if categorical:
-        binned["__class__"] = group["__class__"].resample(period).first()
+        if isinstance(period, pd.Timedelta):
+            cls = group["__class__"].resample(period, closed="right", label="right",
+                                              origin=origin if origin is not None else "start_day")
+        else:
+            cls = group["__class__"].resample(period, closed="right", label="right")
+        binned["__class__"] = cls.first()
     return binned
 
 

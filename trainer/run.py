@@ -74,7 +74,7 @@ def train(cfg: TrainConfig, log: Log = print) -> dict[str, Any]:
     task = _task(cfg)
     ds = load_dataset(
         cfg.data, cfg.targets, cfg.features, cfg.time_col, cfg.series_col, cfg.freq,
-        cfg.max_gap, categorical_ok=cfg.task == "classify" and cfg.threshold is None,
+        cfg.max_gap, agg=cfg.agg, categorical_ok=cfg.task == "classify" and cfg.threshold is None,
         min_length=cfg.horizon + 2,
     )
     if cfg.task == "classify" and ds.classes is None and cfg.threshold is None:
@@ -177,6 +177,7 @@ def train(cfg: TrainConfig, log: Log = print) -> dict[str, Any]:
         residual=chosen is None and bool(_residual_features(ds, cfg, task)),
         structure=chosen.to_dict() if chosen is not None else None, ensemble=members,
         unit=cfg.unit, device_class=cfg.device_class, statecast_version=__version__,
+        grid=_grid(ds),
     )
     spec.save(out)
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
@@ -409,6 +410,15 @@ def _verdict(metrics: dict[str, Any], log: Log) -> None:
     if not metrics["beats_best_baseline"]:
         log(f"WARNING: the model (RMSE {metrics['rmse']:.4g}) does not beat the {best} baseline "
             f"({baselines[best]:.4g}) on the held-out tail")
+
+
+def _grid(ds: Dataset) -> dict[str, Any] | None:
+    """How the data were put on the grid, for the manifest (None when there was no time column
+    or the period is one the edge cannot place, such as month ends)."""
+    if ds.origin is None or ds.freq is None or ds.freq.endswith(("M", "ME")):
+        return None
+    return {"origin": ds.origin, "closed": "right", "label": "right",
+            "aggregation": dict(ds.agg), "fill": "linear"}
 
 
 def _fingerprint(cfg: TrainConfig, ds: Dataset) -> dict[str, Any]:

@@ -72,6 +72,9 @@ class RunSpec:
     residual: bool = False
     seasons: list[int] = field(default_factory=list)
     structure: dict[str, Any] | None = None  # trainer.structure.Structure: the LSTM's surroundings
+    # the grid the data were put on (origin, closed/label, per-feature aggregation, fill): what
+    # the manifest's `grid` carries to the edge; None for runs without a time column
+    grid: dict[str, Any] | None = None
     ensemble: int = 1  # seeds averaged inside the model (its LSTMs have ensemble * units units)
     data: dict[str, Any] = field(default_factory=dict)
     unit: str | None = None  # the targets' unit of measurement, for dashboards
