@@ -10,6 +10,7 @@ import bisect
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -19,6 +20,27 @@ log = logging.getLogger(__name__)
 STEP_BUCKETS = (
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05,
 )
+
+
+class LogLimiter:
+    """At most one log line per key (a stream) every `every` seconds: a sensor sending garbage
+    ten times a second must not flood the log."""
+
+    def __init__(self, every: float = 60.0, keys: int = 100_000) -> None:
+        self.every = every
+        self.keys = keys
+        self._last: dict[str, float] = {}
+
+    def due(self, key: str) -> bool:
+        """True (and remembered) when `key` has not been logged for `every` seconds."""
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.every:
+            return False
+        if len(self._last) > self.keys:
+            self._last.clear()
+        self._last[key] = now
+        return True
 
 
 class Histogram:

@@ -57,7 +57,7 @@ from edge.codec import (
 )
 from edge.config import EdgeConfig, read_toml
 from edge.errors import EdgeError
-from edge.metrics import Metrics
+from edge.metrics import LogLimiter, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +277,7 @@ class RecordService:
         # newest rows on disk, so a message written but not acknowledged before a crash (and
         # delivered again) is not written twice
         self._last_t: dict[str, float] = self.recorder.last_times()
-        self._last_log: dict[str, float] = {}
+        self._log_limit = LogLimiter(LOG_EVERY)
         self._acks: list[tuple[int, int]] = []
         self._since = time.monotonic()
 
@@ -333,12 +333,7 @@ class RecordService:
         if self.transport.publish(self.config.topic(self.config.errors, stream, ""), body,
                                   self.config.qos):
             self.metrics.errors_out += 1
-        now = time.monotonic()
-        last = self._last_log.get(stream)
-        if last is None or now - last >= LOG_EVERY:
-            if len(self._last_log) > 100_000:
-                self._last_log.clear()
-            self._last_log[stream] = now
+        if self._log_limit.due(stream):
             log.warning("Dropped a message on %s (stream %s, %s): %s; payload %r (further "
                         "problems on this stream are logged at most once a minute)",
                         topic, stream, reason, detail, truncate(payload, 120))

@@ -36,7 +36,7 @@ from edge.config import EdgeConfig
 from edge.discovery import Discovery
 from edge.errors import EdgeError
 from edge.grid import Closed, Regulariser
-from edge.metrics import Metrics, MetricsServer
+from edge.metrics import LogLimiter, Metrics, MetricsServer
 from edge.model import StepModel
 from edge.notify import Notifier
 from edge.runner import Runner
@@ -172,7 +172,7 @@ class Processor:
         )
         self.qos = config.qos
         self._topics: dict[tuple[str, str], str] = {}
-        self._last_log: dict[str, float] = {}
+        self._log_limit = LogLimiter(LOG_EVERY)
         # observations admitted and waiting for their step: one per stream, at most `_limit`
         self._limit = config.max_batch if self.runner.batched else 1
         self._pending: list[Pending] = []
@@ -212,12 +212,7 @@ class Processor:
         body = self.encoder.error(stream, reason, detail, payload, topic)
         if self.publish(self.topic(self.config.errors, stream), body, self.qos):
             self.metrics.errors_out += 1
-        now = time.monotonic()
-        last = self._last_log.get(stream)
-        if last is None or now - last >= LOG_EVERY:
-            if len(self._last_log) > 100_000:
-                self._last_log.clear()
-            self._last_log[stream] = now
+        if self._log_limit.due(stream):
             log.warning(
                 "%s on %s (stream %s, %s): %s; payload %r "
                 "(further problems on this stream are logged at most once a minute)",
