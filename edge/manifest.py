@@ -73,6 +73,10 @@ class Manifest:
     warmup: int = 0
     # What surrounds the LSTM (seasonal memory, base forecast, log, derived inputs), for people.
     structure: dict[str, Any] = field(default_factory=dict)
+    # Split-conformal seed of the prediction intervals, from the trainer's validation errors:
+    # {"points": n, "levels": [c...], "abs_quantiles": [H][K][levels], "rmse": [H][K],
+    #  "mae": [H][K]} in target units; empty when the run had none (see edge/score.py).
+    conformal: dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT
 
     def __post_init__(self) -> None:

@@ -38,6 +38,8 @@ from edge.metrics import Metrics, MetricsServer
 from edge.model import StepModel
 from edge.notify import Notifier
 from edge.runner import Runner
+from edge.score import EXTRA as SCORE
+from edge.score import Scorer
 from edge.state import StateStore, StreamState
 from edge.transport import Transport
 
@@ -110,6 +112,7 @@ class Processor:
         publish: Publisher,
         metrics: Metrics | None = None,
         store: StateStore | None = None,
+        publish_retained: Publisher | None = None,
     ) -> None:
         m = model.manifest
         self.config = config
@@ -125,6 +128,14 @@ class Processor:
         self.router = StreamRouter(config.subscribe, config.stream_level)
         # what other parts keep per stream besides the model's state: name -> a new stream's value
         extras: dict[str, np.ndarray] = {}
+        self.scorer = Scorer(m, config.score_settings()) if config.scoring else None
+        if self.scorer is not None:
+            extras[SCORE] = self.scorer.template
+            self.metrics.adopt_scorer(self.scorer, config.score_per_stream)
+        self.publish_retained = publish_retained or publish
+        self.period = freq.total_seconds() if freq is not None else None
+        self.events_topic = config.status.format(
+            client_id=config.client_id, model=m.model_id, stream="") + "/events"
         fresh = StateStore(
             m.model_id,
             self.runner.zero_state(),
@@ -213,16 +224,20 @@ class Processor:
                     f"gap of {obs.t - st.last_t:g} s exceeds max_gap "
                     f"({self.manifest.max_gap} × {self.manifest.freq})"
                 )
-                if self.config.on_gap == "reset":
-                    st = self.store.reset(stream)
+                if self.config.on_gap == "reset":  # the model's state; scores carry on
+                    st = self.store.reset(stream, keep=(SCORE,))
                     self.metrics.reset("gap")
                     detail += "; state reset"
                 self.report(stream, "gap", detail, topic, payload, drop=False)
         return st
 
-    def _emit(self, stream: str, obs: Observation, y: np.ndarray) -> None:
-        """Encode and publish one prediction (`y` with its batch dimension of 1)."""
+    def _emit(self, stream: str, obs: Observation, y: np.ndarray,
+              radii: np.ndarray | None = None) -> None:
+        """Encode and publish one prediction (`y` with its batch dimension of 1), with its
+        intervals when `radii` ([H, K, C]) are given."""
         body = self.encoder.prediction(stream, obs, y)
+        if radii is not None and self.scorer is not None:
+            body = body[:-1] + b',"intervals":' + self.scorer.intervals_json(y, radii) + b"}"
         if self.publish(self.topic(self.config.publish, stream), body, self.qos):
             self.metrics.predictions_out += 1
         else:
@@ -287,15 +302,16 @@ class Processor:
             for stream, _, _, topic, payload in pending:
                 self.report(stream, "internal", f"{type(exc).__name__}: {exc}", topic, payload)
             return 0
+        radii = self._score(pending, ys)
         advance = self.store.advance
         made = 0
-        for (stream, _, obs, topic, payload), y in zip(pending, ys, strict=True):
+        for i, ((stream, _, obs, topic, payload), y) in enumerate(zip(pending, ys, strict=True)):
             advance(stream, obs.t)
             if y is None:  # a window graph still warming up
                 continue
             made += 1
             try:
-                self._emit(stream, obs, y)
+                self._emit(stream, obs, y, radii.get(i))
             except Exception as exc:
                 log.exception("Unexpected failure on %s (payload %r)", topic, truncate(payload))
                 self.report(stream, "internal", f"{type(exc).__name__}: {exc}", topic, payload)
@@ -306,6 +322,62 @@ class Processor:
             for _ in range(made):
                 observe(per)
         return made
+
+    def _score(
+        self, pending: list[tuple[str, StreamState, Observation, str, bytes]],
+        ys: list[np.ndarray | None],
+    ) -> dict[int, np.ndarray]:
+        """Self-scoring of one model step (edge/score.py): the actuals just observed score the
+        forecasts that targeted them, the new forecasts get their intervals (returned by
+        position in `pending`), due scores and drift alarms are published. Its state is the
+        stream's extra `SCORE`, recorded with the step by `store.advance`. Never raises."""
+        sc = self.scorer
+        if sc is None:
+            return {}
+        try:
+            at = [i for i, y in enumerate(ys) if y is not None]
+            if not at:
+                return {}
+            items = [pending[i] for i in at]
+            t = np.fromiter((p[2].t for p in items), np.float64, len(items))
+            tau = t / self.period if self.period else np.full(len(items), np.nan)
+            values = np.stack([p[2].values for p in items])
+            y = np.stack([np.asarray(ys[i]).reshape(sc.horizon, -1) for i in at])
+            out = sc.step_many([p[1].extra[SCORE] for p in items], tau, values, y)
+            for j, raised in out.changed:
+                self._drift(items[j][0], items[j][1], raised)
+            for j in out.due:
+                stream, st, obs = items[j][0], items[j][1], items[j][2]
+                body = sc.payload(stream, obs.ts_raw, self.model_id, st.extra[SCORE])
+                self.publish_retained(self.topic(self.config.score, stream), body, self.qos)
+                self.metrics.stream_score(stream, sc, st.extra[SCORE])
+            if out.radii is None:
+                return {}
+            return {i: out.radii[j] for j, i in enumerate(at)}
+        except Exception:
+            log.exception("Scoring failed on %d forecast(s); they go out without intervals",
+                          len(pending))
+            return {}
+
+    def _drift(self, stream: str, st: StreamState, raised: bool) -> None:
+        """Publish a drift alarm raised or cleared on the events topic; count it."""
+        assert self.scorer is not None
+        summary = self.scorer.summary(st.extra[SCORE])
+        if raised:
+            self.scorer.alarms.add(stream)
+        else:
+            self.scorer.alarms.discard(stream)
+        body = {"event": "drift", "model": self.model_id, "stream": stream, "alarm": raised,
+                **{k: summary[k] for k in summary if k.endswith("rmse")},
+                "train_rmse": self.scorer.train_rmse}
+        log.warning("Drift alarm %s on stream %s", "raised" if raised else "cleared", stream)
+        self.publish(self.events_topic, json.dumps(body).encode(), 1)
+
+    def recount_alarms(self) -> None:
+        """The streams in drift alarm, from their states (after a restore or a swap)."""
+        if self.scorer is not None:
+            self.scorer.alarms = {s for s, st in self.store.streams.items()
+                                  if SCORE in st.extra and self.scorer.alarm_of(st.extra[SCORE])}
 
     def _run(self, states: list[StreamState], obs: list[Observation]) -> list[np.ndarray | None]:
         """The one place the model runs: advance each state (distinct streams) by its
@@ -338,7 +410,7 @@ class Service:
         self._reload_wanted = threading.Event()
         self._beat = time.monotonic()
         self._status_counts = (0, 0)
-        self._outbox: list[tuple[str, bytes, int]] = []
+        self._outbox: list[tuple[str, bytes, int, bool]] = []  # topic, payload, qos, retain
         self.status_topic = config.status.format(
             client_id=config.client_id, model=self.manifest.model_id, stream=""
         )
@@ -353,7 +425,8 @@ class Service:
         )
         self.events_topic = f"{self.status_topic}/events"
         self.command_topic = self.transport.command_topic
-        self.processor = Processor(config, model, freq, self._publish, self.metrics)
+        self.processor = Processor(config, model, freq, self._publish, self.metrics,
+                                   publish_retained=self._publish_retained)
         self.stopping = threading.Event()
         self.worker = threading.Thread(target=self._work, name="statecast-worker", daemon=True)
         self.metrics_server: MetricsServer | None = None
@@ -380,7 +453,13 @@ class Service:
 
     def _publish(self, topic: str, payload: bytes, qos: int) -> bool:
         """Collect for `_flush` (the worker publishes a batch at once)."""
-        self._outbox.append((topic, payload, qos))
+        self._outbox.append((topic, payload, qos, False))
+        return True
+
+    def _publish_retained(self, topic: str, payload: bytes, qos: int) -> bool:
+        """Collect a retained publication (a stream's scores) for `_flush`; not tracked by
+        the commit: the scores are state, and the next period publishes them again."""
+        self._outbox.append((topic, payload, qos, True))
         return True
 
     def enqueue(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
@@ -438,6 +517,7 @@ class Service:
             n = self.processor.store.load(cfg.state_dir)
             if n:
                 log.info("Restored the state of %d streams from %s", n, cfg.state_dir)
+            self.processor.recount_alarms()
         self._update_gauges()
         if cfg.metrics_port is not None:
             try:
@@ -548,7 +628,7 @@ class Service:
         old_store = self.processor.store
         old_spill = old_store.spill_dir(directory) if directory is not None else None
         proc = Processor(self.config, swap.model, swap.freq, self._publish, self.metrics,
-                         store=old_store)
+                         store=old_store, publish_retained=self._publish_retained)
         kept = proc.store is old_store
         if directory is not None:
             if kept and old_spill is not None and old_spill.is_dir():
@@ -558,6 +638,7 @@ class Service:
             elif not kept:
                 proc.store.load(directory)  # e.g. a rollback to a model seen before
         self.processor, self.model, self.manifest = proc, swap.model, swap.model.manifest
+        proc.recount_alarms()
         self.metrics.model_id = self.manifest.model_id
         self.metrics.reloads += 1
         if not kept:
@@ -690,8 +771,11 @@ class Service:
         publish = self.transport.publish
         track = self.config.state_dir is not None
         refused = 0
-        for topic, payload, qos in self._outbox:
-            if track and qos > 0:
+        for topic, payload, qos, retain in self._outbox:
+            if retain:
+                if not publish(topic, payload, qos, retain=True):
+                    refused += 1
+            elif track and qos > 0:
                 info = self.transport.publish_tracked(topic, payload, qos)
                 if info is None:
                     refused += 1

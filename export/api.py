@@ -98,7 +98,9 @@ def make_manifest(source: Source, built: Built, *, kind: str, batch: str, precis
         classes=lay.classes, freq=spec.freq if spec is not None else None,
         lookback=lookback, max_gap=spec.max_gap if spec is not None else None,
         batch="1" if batch == "1" else "dynamic", precision=precision,
-        metrics=dict(source.metrics), source=src, **_structure_fields(lay),
+        metrics={k: v for k, v in source.metrics.items() if k != "conformal"}, source=src,
+        **_structure_fields(lay),
+        conformal=dict(source.metrics.get("conformal") or {}),
     )
 
 

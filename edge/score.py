@@ -1,0 +1,435 @@
+"""The daemon scores its own forecasts: prediction intervals, rolling errors, a drift alarm.
+
+Pure numpy, no I/O: the Processor calls `Scorer.step_many` once per model step with the streams
+stepped together, the step's time, the observed values and the forecasts; it returns the interval
+radii to publish, which streams' scores are due and which drift alarms changed.
+
+Per stream and horizon step h (and target k):
+
+* Intervals: forecast ± q[h, k, c] for each coverage c. q starts at the trainer's split-conformal
+  radius (the ceil((n+1)c)/n quantile of |validation error|, manifest field `conformal`) and
+  follows the stream by quantile tracking, the P part of conformal PID control (Angelopoulos,
+  Candès & Tibshirani 2023): when the actual of a forecast made h+1 steps ago arrives,
+  q ← q + η·(miss − (1 − c)), miss = 1 if |error| exceeded the radius that forecast was
+  published with, η = lr × the trainer's validation RMSE at (h, k). O(1) memory and work per
+  update, and for any sequence the long-run miss rate is 1 − c within (B + η)/(ηT) (B bounds
+  the errors), so coverage holds under drift without keeping residuals.
+* Scores: exponentially weighted (half-life in periods) MAE and RMSE of the model, persistence
+  (the actual h+1 periods before the target) and seasonal naive (the actual one season before,
+  as many seasons back as needed), interval coverage and width — all from the same stream.
+* Drift alarm: once a stream has `min_scored` scored steps and is past the model's warm-up, a
+  period is "bad" when its rolling RMSE (mean over horizon steps and targets) exceeds its best
+  baseline's × `baseline_ratio` or the trainer's validation RMSE × `train_ratio`; `periods` bad
+  periods in a row raise the alarm, as many good ones clear it.
+
+Everything lives in one float64 vector per stream (`Layout`), kept by the state store as the
+extra named `EXTRA`: journaled, snapshotted, spilled and restored with the model state, so a
+restart continues exactly where an uninterrupted run would be. Its shape depends on the horizon,
+the targets, the coverages and the season: a model with another horizon starts scoring afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge.manifest import Manifest
+
+EXTRA = "score"
+MAX_SEASON = 2016  # longer seasons (in periods) are not kept for seasonal naive
+# meta fields
+STEPS, SCORED, BAD, GOOD, ALARM, LAST_PUB, LAST_EVAL, LAST_TAU = range(8)
+# per-stream rolling mean squares over all horizon steps and targets, with their weights
+MS_MODEL, MS_PERS, MS_SEAS, MW_MODEL, MW_PERS, MW_SEAS, N_META = range(8, 15)
+# columns of the rolling sums
+M_ABS, M_SQ, P_ABS, P_SQ, S_ABS, S_SQ = range(6)
+# weight columns
+W_MODEL, W_PERS, W_SEAS = range(3)
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """How the daemon scores itself (see EdgeConfig for the settings they come from)."""
+
+    intervals: tuple[float, ...] = (0.8, 0.95)
+    half_life: float = 48.0
+    lr: float = 0.05
+    every: float = 1.0
+    baseline_ratio: float = 1.0
+    train_ratio: float = 2.0
+    periods: int = 12
+    min_scored: int = 48
+
+
+class Layout:
+    """Where each part of a stream's scoring state lives in its float64 vector."""
+
+    def __init__(self, horizon: int, targets: int, coverages: int, history: int) -> None:
+        h, k, c, r = horizon, targets, coverages, history
+        self.h, self.k, self.c, self.r = h, k, c, r
+        self.m = 6 + 2 * c  # rolling sums: 6 error columns, then coverage and width per c
+        parts = {
+            "meta": (N_META,),
+            "orig": (h,),  # origin (period index) of the forecast in each slot, NaN: none
+            "fc": (h, h, k),  # forecasts waiting for their actuals, by slot
+            "rad": (h, h, k, c),  # the radii they were published with
+            "q": (h, k, c),  # the current radii
+            "sums": (h, k, self.m),
+            "wts": (h, 3),
+            "hist": (r, k),  # the last r actuals, by period index mod r
+            "hist_t": (r,),  # the period index each holds (NaN: none)
+        }
+        self.slices: dict[str, tuple[slice, tuple[int, ...]]] = {}
+        at = 0
+        for name, shape in parts.items():
+            size = int(np.prod(shape))
+            self.slices[name] = (slice(at, at + size), shape)
+            at += size
+        self.size = at
+
+    def view(self, mat: np.ndarray, name: str) -> np.ndarray:
+        """The named part of every row of `mat` ([n, size]) as a writable view [n, *shape]."""
+        sl, shape = self.slices[name]
+        return mat[:, sl].reshape(mat.shape[0], *shape)  # a view: splits the last axis only
+
+
+@dataclass
+class ScoreStep:
+    """What one `step_many` produced for the streams it was given (by position)."""
+
+    radii: np.ndarray | None  # [n, H, K, C] half-widths of the intervals just issued
+    due: list[int]  # streams whose score is due for publication
+    changed: list[tuple[int, bool]]  # (stream, alarm raised) for alarms raised or cleared
+    scored: int  # forecasts scored
+
+
+@dataclass
+class Totals:
+    """Scores summed over every stream since start, per horizon step (Prometheus counters)."""
+
+    scored: np.ndarray
+    abs_err: np.ndarray
+    sq_err: np.ndarray
+    base_n: np.ndarray  # [2, H] persistence, seasonal
+    base_abs: np.ndarray
+    base_sq: np.ndarray
+    covered: np.ndarray  # [C, H]
+    width: np.ndarray
+
+    @classmethod
+    def zeros(cls, h: int, c: int) -> Totals:
+        z = np.zeros
+        return cls(z(h), z(h), z(h), z((2, h)), z((2, h)), z((2, h)), z((c, h)), z((c, h)))
+
+
+class Scorer:
+    """Scores the forecasts of every stream of one model; built from its manifest."""
+
+    def __init__(self, manifest: Manifest, settings: ScoreSettings) -> None:
+        m = manifest
+        self.settings = settings
+        self.enabled = m.task == "regress"
+        self.horizon = h = m.horizon
+        self.targets = m.targets or m.features[:1]
+        k = len(self.targets)
+        self.coverages = tuple(float(c) for c in settings.intervals) if self.enabled else ()
+        self.alpha = np.array([1.0 - c for c in self.coverages])
+        # actuals: the targets among the features (others cannot be scored on the device)
+        self.target_idx = [m.features.index(t) if t in m.features else -1 for t in self.targets]
+        self.can_score = self.enabled and all(i >= 0 for i in self.target_idx)
+        seasons = [int(s) for s in (m.structure or {}).get("seasons", []) if int(s) > 1]
+        self.season = seasons[0] if seasons and seasons[0] <= MAX_SEASON else None
+        s = self.season
+        history = max(h, s * math.ceil(h / s)) + 1 if s else h + 1
+        self.layout = Layout(h, k, len(self.coverages), history)
+        self._per_k = 1.0 / k
+        self.warmup = m.warmup
+        self.decay = 0.5 ** (1.0 / settings.half_life)
+        self.seeded, q0, self.scale, self.train_rmse = _seed(m.conformal, h, k, self.coverages)
+        self.template = np.zeros(self.layout.size)
+        t = self.template[None, :]
+        self.layout.view(t, "orig")[:] = np.nan
+        self.layout.view(t, "hist_t")[:] = np.nan
+        self.layout.view(t, "meta")[0, LAST_PUB] = np.nan
+        self.layout.view(t, "meta")[0, LAST_EVAL] = np.nan
+        self.layout.view(t, "meta")[0, LAST_TAU] = np.nan
+        self.layout.view(t, "q")[0] = q0
+        self.totals = Totals.zeros(h, len(self.coverages))
+        self.alarms: set[str] = set()  # streams in alarm (resident or not), for the gauge
+
+    # -- the one step ----------------------------------------------------------------------
+
+    def step_many(
+        self,
+        extras: Sequence[np.ndarray],
+        tau: np.ndarray,
+        values: np.ndarray,
+        y: np.ndarray,
+    ) -> ScoreStep:
+        """Score, then issue: `extras` are the streams' scoring vectors (updated in place),
+        `tau` their step times in periods (None entries: count steps), `values` [n, F] the
+        observed features at tau, `y` [n, H, K] the forecasts made at tau. The actual at tau
+        scores the forecasts that targeted it, before the new forecasts get their intervals."""
+        lay, n, h = self.layout, len(extras), self.horizon
+        mat = np.stack(extras)
+        meta = lay.view(mat, "meta")
+        tau = np.where(np.isnan(tau), meta[:, STEPS], np.rint(tau))
+        # a second step in the same period (no grid) re-issues in place and scores nothing
+        fresh = ~(tau <= meta[:, LAST_TAU])
+        meta[:, LAST_TAU] = np.where(fresh, tau, meta[:, LAST_TAU])
+        scored = 0
+        if self.can_score:
+            rows = np.nonzero(fresh)[0]
+            if len(rows):
+                actual = values[rows][:, self.target_idx].astype(np.float64)
+                scored = self._score(mat, rows, tau[rows], actual)
+                self._remember(mat, rows, tau[rows], actual)
+        # issue: the new forecasts take the slot of the oldest, which has just been scored
+        meta[:, STEPS] += fresh
+        slot = ((meta[:, STEPS] - 1) % h).astype(np.intp)
+        every = np.arange(n)
+        radii = None
+        if self.coverages:
+            radii = np.maximum(lay.view(mat, "q"), 0.0)
+            lay.view(mat, "rad")[every, slot] = radii
+        lay.view(mat, "fc")[every, slot] = y.reshape(n, h, -1)
+        issued = meta[:, STEPS] > self.warmup  # warm-up forecasts are not scored
+        lay.view(mat, "orig")[every, slot] = np.where(issued & self.can_score, tau, np.nan)
+        due, changed = self._periodic(mat, tau)
+        for x, row in zip(extras, mat, strict=True):
+            x[:] = row
+        return ScoreStep(radii, due, changed, scored)
+
+    def _score(self, mat: np.ndarray, rows: np.ndarray, tau: np.ndarray,
+               actual: np.ndarray) -> int:
+        """Score the forecasts that targeted `tau` in streams `rows` (each stream once, and
+        each of its forecasts at a distinct origin, so every (stream, h) is hit at most once)."""
+        lay, h, s = self.layout, self.horizon, self.settings
+        orig = lay.view(mat, "orig")[rows]
+        ahead = tau[:, None] - orig  # NaN for empty slots
+        hit = (ahead >= 1) & (ahead <= h)
+        j, slot = np.nonzero(hit)
+        if not len(j):
+            return 0
+        hh = (ahead[j, slot] - 1).astype(np.intp)
+        a = actual[j]  # [m, K]
+        if np.isnan(a).any():
+            keep = ~np.isnan(a).any(axis=1)
+            j, slot, hh, a = j[keep], slot[keep], hh[keep], a[keep]
+            if not len(j):
+                return 0
+        i = rows[j]
+        err = lay.view(mat, "fc")[i, slot, hh] - a  # [m, K]
+        ae = np.abs(err)
+        se = err * err
+        sums, wts, lam = lay.view(mat, "sums"), lay.view(mat, "wts"), self.decay
+        m_sums = sums[i, hh]  # [m, K, M] (a copy: written back below)
+        m_sums *= lam
+        m_sums[..., M_ABS] += ae
+        m_sums[..., M_SQ] += se
+        wts[i, hh, W_MODEL] = wts[i, hh, W_MODEL] * lam + 1.0
+        t, meta, nr = self.totals, lay.view(mat, "meta"), len(rows)
+        t.scored += np.bincount(hh, minlength=h)
+        t.abs_err += np.bincount(hh, ae.sum(axis=1) * self._per_k, minlength=h)
+        t.sq_err += np.bincount(hh, se.sum(axis=1) * self._per_k, minlength=h)
+        _ew(meta, rows, j, se.sum(axis=1) * self._per_k, MS_MODEL, MW_MODEL, lam, nr)
+        # baselines from the same stream's history (decayed only when they have a value)
+        hist, hist_t = lay.view(mat, "hist"), lay.view(mat, "hist_t")
+        r = lay.r
+        backs = [(hh + 1, P_ABS, W_PERS, 0)]
+        if self.season:
+            sl = self.season
+            backs.append((sl * np.ceil((hh + 1) / sl).astype(np.intp), S_ABS, W_SEAS, 1))
+        m_sums[..., P_ABS : S_SQ + 1] /= lam  # undo: the baselines decay below, where seen
+        for back, col, wcol, row in backs:
+            when = tau[j] - back
+            pos = np.mod(when, r).astype(np.intp)
+            ok = hist_t[i, pos] == when
+            if not ok.any():
+                continue
+            be = hist[i[ok], pos[ok]] - a[ok]
+            bae, bse = np.abs(be), be * be
+            sub = m_sums[ok]
+            sub[..., col] = sub[..., col] * lam + bae
+            sub[..., col + 1] = sub[..., col + 1] * lam + bse
+            m_sums[ok] = sub
+            wts[i[ok], hh[ok], wcol] = wts[i[ok], hh[ok], wcol] * lam + 1.0
+            t.base_n[row] += np.bincount(hh[ok], minlength=h)
+            b_abs, b_sq = bae.sum(axis=1) * self._per_k, bse.sum(axis=1) * self._per_k
+            t.base_abs[row] += np.bincount(hh[ok], b_abs, minlength=h)
+            t.base_sq[row] += np.bincount(hh[ok], b_sq, minlength=h)
+            _ew(meta, rows, j[ok], b_sq, MS_PERS + row, MW_PERS + row, lam, nr)
+        # intervals: coverage of what was published, then quantile tracking
+        if self.coverages:
+            c = len(self.coverages)
+            rad = lay.view(mat, "rad")[i, slot, hh]  # [m, K, C]
+            miss = (ae[..., None] > rad).astype(np.float64)
+            m_sums[..., 6 : 6 + c] += 1.0 - miss
+            m_sums[..., 6 + c : 6 + 2 * c] += 2.0 * rad
+            hit_k = (1.0 - miss).sum(axis=1) * self._per_k  # [m, C]
+            wid_k = 2.0 * rad.sum(axis=1) * self._per_k
+            for jc in range(c):
+                t.covered[jc] += np.bincount(hh, hit_k[:, jc], minlength=h)
+                t.width[jc] += np.bincount(hh, wid_k[:, jc], minlength=h)
+            if self.seeded:
+                scale = self.scale[hh]  # [m, K]
+            else:  # no trainer seed: the stream's own rolling MAE at that step
+                scale = m_sums[..., M_ABS] / wts[i, hh, W_MODEL][:, None]
+            q = lay.view(mat, "q")
+            q[i, hh] += s.lr * scale[..., None] * (miss - self.alpha)
+        sums[i, hh] = m_sums
+        meta[rows[j[hh == 0]], SCORED] += 1.0
+        return len(i)
+
+    def _remember(self, mat: np.ndarray, rows: np.ndarray, tau: np.ndarray,
+                  actual: np.ndarray) -> None:
+        """Keep the actual at tau for the baselines of later steps."""
+        lay = self.layout
+        pos = np.mod(tau, lay.r).astype(np.intp)
+        lay.view(mat, "hist")[rows, pos] = actual
+        lay.view(mat, "hist_t")[rows, pos] = np.where(np.isnan(actual).any(axis=1), np.nan, tau)
+
+    def _periodic(
+        self, mat: np.ndarray, tau: np.ndarray
+    ) -> tuple[list[int], list[tuple[int, bool]]]:
+        """Once per period: the drift alarm's count; which streams' scores are due."""
+        lay, s = self.layout, self.settings
+        meta = lay.view(mat, "meta")
+        new = ~(tau <= meta[:, LAST_EVAL])  # NaN (never) counts as new
+        changed: list[tuple[int, bool]] = []
+        if self.can_score and new.any():
+            meta[new, LAST_EVAL] = tau[new]
+            idx = np.nonzero(new)[0]
+            ready = (meta[idx, SCORED] >= s.min_scored) & (meta[idx, STEPS] >= self.warmup)
+            bad = ready & self._bad(meta[idx])
+            good = ~bad
+            meta[idx, BAD] = np.where(bad, meta[idx, BAD] + 1, 0)
+            meta[idx, GOOD] = np.where(good, meta[idx, GOOD] + 1, 0)
+            alarm = meta[idx, ALARM] > 0
+            up = ~alarm & (meta[idx, BAD] >= s.periods)
+            down = alarm & (meta[idx, GOOD] >= s.periods)
+            meta[idx[up], ALARM] = 1.0
+            meta[idx[down], ALARM] = 0.0
+            changed = [(int(j), True) for j in idx[up]] + [(int(j), False) for j in idx[down]]
+        last = meta[:, LAST_PUB]
+        due_mask = (meta[:, SCORED] > 0) & ~(tau - last < s.every)
+        meta[due_mask, LAST_PUB] = tau[due_mask]
+        return np.nonzero(due_mask)[0].tolist(), changed
+
+    def _bad(self, meta: np.ndarray) -> np.ndarray:
+        """Per stream: rolling RMSE above the best baseline's or the trainer's (× ratio)."""
+        model, base = self._rmse(meta)
+        best = np.where(np.isnan(base), np.inf, base).min(axis=1)
+        with np.errstate(invalid="ignore"):
+            bad = np.isfinite(best) & (model > best * self.settings.baseline_ratio)
+            if self.train_rmse is not None:
+                bad |= model > self.train_rmse * self.settings.train_ratio
+        return bad
+
+    @staticmethod
+    def _rmse(meta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rolling RMSE over all horizon steps and targets of the model [n] and of persistence
+        and seasonal naive [n, 2] (NaN: not yet scored), from the streams' meta [n, N_META]."""
+        w = meta[:, MW_MODEL : MW_SEAS + 1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.where(w > 0, np.sqrt(meta[:, MS_MODEL : MS_SEAS + 1] / w), np.nan)
+        return r[:, 0], r[:, 1:]
+
+    # -- reading a stream's figures -------------------------------------------------------------
+
+    def summary(self, extra: np.ndarray) -> dict[str, Any]:
+        """A stream's rolling figures per horizon step (targets averaged), JSON-ready."""
+        lay = self.layout
+        mat = extra[None, :]
+        sums, wts = lay.view(mat, "sums")[0].sum(axis=1) * self._per_k, lay.view(mat, "wts")[0]
+        meta = lay.view(mat, "meta")[0]
+
+        def ratio(col: int, wcol: int, root: bool = False) -> list[float | None]:
+            out: list[float | None] = []
+            for hh in range(self.horizon):
+                w = wts[hh, wcol]
+                v = sums[hh, col] / w if w > 0 else None
+                out.append(None if v is None else round(float(math.sqrt(v) if root else v), 6))
+            return out
+
+        doc: dict[str, Any] = {
+            "scored": int(meta[SCORED]),
+            "alarm": bool(meta[ALARM]),
+            "mae": ratio(M_ABS, W_MODEL),
+            "rmse": ratio(M_SQ, W_MODEL, True),
+            "persistence_mae": ratio(P_ABS, W_PERS),
+            "persistence_rmse": ratio(P_SQ, W_PERS, True),
+        }
+        if self.season:
+            doc["seasonal_mae"] = ratio(S_ABS, W_SEAS)
+            doc["seasonal_rmse"] = ratio(S_SQ, W_SEAS, True)
+            doc["season"] = self.season
+        c = len(self.coverages)
+        if c:
+            doc["coverage"] = {_key(cv): ratio(6 + j, W_MODEL) for j, cv in
+                               enumerate(self.coverages)}
+            doc["width"] = {_key(cv): ratio(6 + c + j, W_MODEL) for j, cv in
+                            enumerate(self.coverages)}
+        return doc
+
+    def payload(self, stream: str, ts: Any, model_id: str, extra: np.ndarray) -> bytes:
+        doc = {"stream": stream, "ts": ts, "model": model_id,
+               "half_life": self.settings.half_life, **self.summary(extra)}
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    def alarm_of(self, extra: np.ndarray) -> bool:
+        return bool(extra[self.layout.slices["meta"][0]][ALARM])
+
+    def intervals_json(self, y: np.ndarray, radii: np.ndarray) -> bytes:
+        """The `"intervals"` member of a prediction: per coverage, [lo, hi] per horizon step
+        (one target) or per step and target ([H][K][2], several)."""
+        y = y.reshape(self.horizon, -1)
+        parts = []
+        for j, cv in enumerate(self.coverages):
+            r = radii[:, :, j]
+            lohi = np.stack([y - r, y + r], axis=-1)
+            v = lohi[:, 0, :] if lohi.shape[1] == 1 else lohi
+            parts.append(f'"{_key(cv)}":' + json.dumps(np.round(v, 6).tolist()))
+        return ("{" + ",".join(parts) + "}").encode()
+
+
+def _ew(meta: np.ndarray, rows: np.ndarray, j: np.ndarray, values: np.ndarray, col: int,
+        wcol: int, lam: float, n: int) -> None:
+    """Fold each stream's mean of `values` (grouped by `j`, positions in `rows`) into its
+    exponentially weighted column `col` (weight in `wcol`)."""
+    count = np.bincount(j, minlength=n)
+    has = count > 0
+    mean = np.bincount(j, values, minlength=n)[has] / count[has]
+    r = rows[has]
+    meta[r, col] = meta[r, col] * lam + mean
+    meta[r, wcol] = meta[r, wcol] * lam + 1.0
+
+
+def _key(c: float) -> str:
+    return f"{c:g}"
+
+
+def _seed(conformal: dict[str, Any], h: int, k: int, coverages: tuple[float, ...]
+          ) -> tuple[bool, np.ndarray, np.ndarray, float | None]:
+    """(seeded, q0 [H, K, C], scale [H, K], training RMSE) from the manifest's `conformal`
+    field; unseeded (zero radii that learn from the stream) when absent or of another shape."""
+    zero = np.zeros((h, k, len(coverages)))
+    try:
+        levels = np.asarray(conformal["levels"], dtype=np.float64)
+        qs = np.asarray(conformal["abs_quantiles"], dtype=np.float64)
+        rmse = np.asarray(conformal["rmse"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError):
+        return False, zero, np.ones((h, k)), None
+    if qs.shape != (h, k, len(levels)) or rmse.shape != (h, k) or len(levels) < 2:
+        return False, zero, np.ones((h, k)), None
+    rows = qs.reshape(-1, len(levels))
+    q0 = zero.copy()
+    for j, c in enumerate(coverages):
+        q0[..., j] = np.array([np.interp(c, levels, row) for row in rows]).reshape(h, k)
+    train = float(np.sqrt(np.mean(rmse**2)))
+    return True, q0, np.maximum(rmse, 1e-12), train
