@@ -8,6 +8,7 @@ They follow the export contract: a batch-1 step graph with the ONNX LSTM op and 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -41,6 +42,8 @@ def build_model(
     std: float = 10.0,
     manifest: bool = True,
     batch: str = "1",
+    conformal: dict[str, Any] | None = None,
+    structure: dict[str, Any] | None = None,
 ) -> Path:
     """Write a model and return its path. Targets default to the first feature.
 
@@ -147,6 +150,8 @@ def build_model(
             lookback=lookback if kind == "window" else None,
             max_gap=max_gap,
             batch=batch,
+            conformal=conformal or {},
+            structure=structure or {},
         )
         helper.set_model_props(model, {METADATA_KEY: man.to_json()})
     onnx.checker.check_model(model)
