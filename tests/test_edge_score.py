@@ -20,7 +20,7 @@ from edge_models import build_model
 
 from edge.config import EdgeConfig
 from edge.manifest import Manifest
-from edge.score import EXTRA, ScoreSettings, Scorer
+from edge.score import EXTRA, Scorer, ScoreSettings
 from edge.service import Processor, load_model
 from edge.state import StateStore
 
