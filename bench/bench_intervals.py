@@ -135,6 +135,8 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--shift", type=float, help="level shift added halfway through the tail "
                    "(default 3 × the standard deviation of the series' hourly changes)")
+    p.add_argument("--lr", type=float, default=0.05, help="score_lr")
+    p.add_argument("--train-ratio", type=float, default=2.0, help="drift_train_ratio")
     p.add_argument("--work", type=Path, help="keep the run and model here (reused when there)")
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/intervals.json")
     args = p.parse_args()
@@ -153,12 +155,14 @@ def main() -> int:
     seed = {c: np.array([np.interp(float(c), levels, row[0]) for row in conf["abs_quantiles"]])
             for c in COVERAGES}
 
-    rec = replay(model, times, values, start)
+    settings = {"score_lr": args.lr, "drift_train_ratio": args.train_ratio}
+    rec = replay(model, times, values, start, **settings)
     plain = tail_table(rec, values, start, n, h, seed)
     t0, t1 = rec.totals0, rec.totals1
     live_rmse = float(np.sqrt((t1["sq_err"] - t0["sq_err"]).sum()
                               / (t1["scored"] - t0["scored"]).sum()))
     result: dict[str, Any] = {"data": str(args.data.relative_to(ROOT)), "rows": n,
+                              "settings": settings,
                               "tail_start": start, "horizon": h, "season": season,
                               "trainer": {"rmse": metrics["rmse"],
                                           "per_horizon_rmse": metrics["per_horizon"]["rmse"]},
@@ -168,11 +172,12 @@ def main() -> int:
     at = start + (n - start) // 2
     shifted = values.copy()
     shifted[at:] += shift
-    rec2 = replay(model, times, shifted, start)
+    rec2 = replay(model, times, shifted, start, **settings)
     after = tail_table(rec2, shifted, at + 2 * season, min(n, at + 4 * season), h, seed)
     later = tail_table(rec2, shifted, at + 2 * season, n, h, seed)
     during = tail_table(rec2, shifted, at, at + 2 * season, h, seed)
     fired = [(i - at, up) for i, up in rec2.events if i >= at]
+    result["alarms_without_shift"] = rec.events
     result["level_shift"] = {"shift": shift, "at": at, "events": fired,
                              "first_two_seasons": during, "seasons_2_to_4": after,
                              "from_2_seasons_to_end": later,
@@ -186,7 +191,7 @@ def main() -> int:
 
 def report(r: dict[str, Any]) -> None:
     print(f"\n{r['data']}: {r['rows']} rows, held-out tail from row {r['tail_start']}, "
-          f"horizon {r['horizon']}, season {r['season']}")
+          f"horizon {r['horizon']}, season {r['season']}, settings {r['settings']}")
     print("\nIntervals over the held-out tail (adaptive: what the daemon published; static: the "
           "trainer's split-conformal radius; hindsight: the narrowest static interval with the "
           "adaptive one's realised coverage)")
@@ -206,6 +211,7 @@ def report(r: dict[str, Any]) -> None:
     print(f"\nRMSE over the tail: the daemon's own counters {r['live_rmse']:.4f}, the trainer's "
           f"held-out evaluation {tr:.4f} ({r['live_rmse'] / tr - 1:+.1%})")
     ls = r["level_shift"]
+    print(f"\nDrift alarms without a shift (row, raised?): {r['alarms_without_shift']}")
     print(f"\nLevel shift of {ls['shift']:+.3f} at row {ls['at']}: drift events (periods after "
           f"the shift, raised?) {ls['events']}; alarms before it: {ls['alarms_before_shift']}")
     for name in ("first_two_seasons", "seasons_2_to_4", "from_2_seasons_to_end"):
