@@ -40,6 +40,24 @@ import numpy as np
 
 from edge.manifest import Manifest
 
+try:  # serialises numpy arrays directly, several times faster than the standard library
+    import orjson
+
+    def _dumps(value: Any) -> bytes:
+        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+except ImportError:  # pragma: no cover - the edge extra installs orjson
+
+    def _plain(value: Any) -> Any:
+        if isinstance(value, np.ndarray):
+            return [None if math.isnan(x) else x for x in value.tolist()] if value.ndim == 1 \
+                else [_plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: _plain(v) for k, v in value.items()}
+        return value
+
+    def _dumps(value: Any) -> bytes:
+        return json.dumps(_plain(value), separators=(",", ":")).encode()
+
 EXTRA = "score"
 MAX_SEASON = 2016  # longer seasons (in periods) are not kept for seasonal naive
 # meta fields
@@ -340,62 +358,77 @@ class Scorer:
             r = np.where(w > 0, np.sqrt(meta[:, MS_MODEL : MS_SEAS + 1] / w), np.nan)
         return r[:, 0], r[:, 1:]
 
-    # -- reading a stream's figures -------------------------------------------------------------
+    # -- reading the figures -------------------------------------------------------------------
+
+    def figures(self, extras: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """The streams' rolling figures per horizon step (targets averaged), NaN where nothing
+        was scored yet: arrays [n, H] (coverage and width [n, C, H])."""
+        lay = self.layout
+        mat = np.stack(extras)
+        sums = lay.view(mat, "sums").mean(axis=2)  # [n, H, M]
+        wts = lay.view(mat, "wts")  # [n, H, 3]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            def ratio(col: int, wcol: int) -> np.ndarray:
+                w = wts[:, :, wcol]
+                return np.where(w > 0, sums[:, :, col] / np.where(w > 0, w, 1.0), np.nan)
+
+            out = {
+                "mae": ratio(M_ABS, W_MODEL), "rmse": np.sqrt(ratio(M_SQ, W_MODEL)),
+                "persistence_mae": ratio(P_ABS, W_PERS),
+                "persistence_rmse": np.sqrt(ratio(P_SQ, W_PERS)),
+            }
+            if self.season:
+                out["seasonal_mae"] = ratio(S_ABS, W_SEAS)
+                out["seasonal_rmse"] = np.sqrt(ratio(S_SQ, W_SEAS))
+            c = len(self.coverages)
+            if c:
+                out["coverage"] = np.stack([ratio(6 + j, W_MODEL) for j in range(c)], axis=1)
+                out["width"] = np.stack([ratio(6 + c + j, W_MODEL) for j in range(c)], axis=1)
+        meta = lay.view(mat, "meta")
+        out["scored"], out["alarm"] = meta[:, SCORED], meta[:, ALARM]
+        return out
 
     def summary(self, extra: np.ndarray) -> dict[str, Any]:
-        """A stream's rolling figures per horizon step (targets averaged), JSON-ready."""
-        lay = self.layout
-        mat = extra[None, :]
-        sums, wts = lay.view(mat, "sums")[0].sum(axis=1) * self._per_k, lay.view(mat, "wts")[0]
-        meta = lay.view(mat, "meta")[0]
+        """One stream's rolling figures, JSON-ready (None where nothing was scored yet)."""
+        return json.loads(self.payloads(["-"], [None], "", [extra])[0])
 
-        def ratio(col: int, wcol: int, root: bool = False) -> list[float | None]:
-            out: list[float | None] = []
-            for hh in range(self.horizon):
-                w = wts[hh, wcol]
-                v = sums[hh, col] / w if w > 0 else None
-                out.append(None if v is None else round(float(math.sqrt(v) if root else v), 6))
-            return out
-
-        doc: dict[str, Any] = {
-            "scored": int(meta[SCORED]),
-            "alarm": bool(meta[ALARM]),
-            "mae": ratio(M_ABS, W_MODEL),
-            "rmse": ratio(M_SQ, W_MODEL, True),
-            "persistence_mae": ratio(P_ABS, W_PERS),
-            "persistence_rmse": ratio(P_SQ, W_PERS, True),
-        }
-        if self.season:
-            doc["seasonal_mae"] = ratio(S_ABS, W_SEAS)
-            doc["seasonal_rmse"] = ratio(S_SQ, W_SEAS, True)
-            doc["season"] = self.season
-        c = len(self.coverages)
-        if c:
-            doc["coverage"] = {_key(cv): ratio(6 + j, W_MODEL) for j, cv in
-                               enumerate(self.coverages)}
-            doc["width"] = {_key(cv): ratio(6 + c + j, W_MODEL) for j, cv in
-                            enumerate(self.coverages)}
-        return doc
-
-    def payload(self, stream: str, ts: Any, model_id: str, extra: np.ndarray) -> bytes:
-        doc = {"stream": stream, "ts": ts, "model": model_id,
-               "half_life": self.settings.half_life, **self.summary(extra)}
-        return json.dumps(doc, separators=(",", ":")).encode()
+    def payloads(self, streams: Sequence[str], ts: Sequence[Any], model_id: str,
+                 extras: Sequence[np.ndarray]) -> list[bytes]:
+        """The retained score documents of these streams (see the README for the fields)."""
+        f = self.figures(extras)
+        keys = [k for k in f if k not in ("scored", "alarm", "coverage", "width")]
+        rounded = {k: np.round(f[k], 6) for k in [*keys, "coverage", "width"] if k in f}
+        cov = [_key(c) for c in self.coverages]
+        out = []
+        for i, (stream, t) in enumerate(zip(streams, ts, strict=True)):
+            doc: dict[str, Any] = {"stream": stream, "ts": t, "model": model_id,
+                                   "half_life": self.settings.half_life,
+                                   "scored": int(f["scored"][i]), "alarm": bool(f["alarm"][i])}
+            for k in keys:
+                doc[k] = rounded[k][i]
+            if self.season:
+                doc["season"] = self.season
+            if cov:
+                doc["coverage"] = {c: rounded["coverage"][i, j] for j, c in enumerate(cov)}
+                doc["width"] = {c: rounded["width"][i, j] for j, c in enumerate(cov)}
+            out.append(_dumps(doc))
+        return out
 
     def alarm_of(self, extra: np.ndarray) -> bool:
         return bool(extra[self.layout.slices["meta"][0]][ALARM])
 
-    def intervals_json(self, y: np.ndarray, radii: np.ndarray) -> bytes:
-        """The `"intervals"` member of a prediction: per coverage, [lo, hi] per horizon step
-        (one target) or per step and target ([H][K][2], several)."""
-        y = y.reshape(self.horizon, -1)
-        parts = []
-        for j, cv in enumerate(self.coverages):
-            r = radii[:, :, j]
-            lohi = np.stack([y - r, y + r], axis=-1)
-            v = lohi[:, 0, :] if lohi.shape[1] == 1 else lohi
-            parts.append(f'"{_key(cv)}":' + json.dumps(np.round(v, 6).tolist()))
-        return ("{" + ",".join(parts) + "}").encode()
+    def intervals_many(self, y: np.ndarray, radii: np.ndarray) -> list[bytes]:
+        """The `"intervals"` member of each prediction (`y` [n, H, K], `radii` [n, H, K, C]): per
+        coverage, [lo, hi] per horizon step (one target) or per step and target ([H][K][2])."""
+        n, h = radii.shape[:2]
+        y = y.reshape(n, h, -1, 1)
+        lohi = np.round(np.stack([y - radii, y + radii], axis=-1), 6)  # [n, H, K, C, 2]
+        lohi = np.moveaxis(lohi, 3, 1)  # [n, C, H, K, 2]
+        if lohi.shape[3] == 1:
+            lohi = lohi[:, :, :, 0]  # [n, C, H, 2]
+        lohi = np.ascontiguousarray(lohi)  # orjson writes C-contiguous arrays only
+        cov = [_key(c) for c in self.coverages]
+        return [_dumps({c: lohi[i, j] for j, c in enumerate(cov)}) for i in range(n)]
 
 
 def _ew(meta: np.ndarray, rows: np.ndarray, j: np.ndarray, values: np.ndarray, col: int,

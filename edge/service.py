@@ -232,12 +232,12 @@ class Processor:
         return st
 
     def _emit(self, stream: str, obs: Observation, y: np.ndarray,
-              radii: np.ndarray | None = None) -> None:
-        """Encode and publish one prediction (`y` with its batch dimension of 1), with its
-        intervals when `radii` ([H, K, C]) are given."""
+              intervals: bytes | None = None) -> None:
+        """Encode and publish one prediction (`y` with its batch dimension of 1), with the
+        JSON of its intervals when given."""
         body = self.encoder.prediction(stream, obs, y)
-        if radii is not None and self.scorer is not None:
-            body = body[:-1] + b',"intervals":' + self.scorer.intervals_json(y, radii) + b"}"
+        if intervals is not None:
+            body = body[:-1] + b',"intervals":' + intervals + b"}"
         if self.publish(self.topic(self.config.publish, stream), body, self.qos):
             self.metrics.predictions_out += 1
         else:
@@ -302,7 +302,7 @@ class Processor:
             for stream, _, _, topic, payload in pending:
                 self.report(stream, "internal", f"{type(exc).__name__}: {exc}", topic, payload)
             return 0
-        radii = self._score(pending, ys)
+        intervals = self._score(pending, ys)
         advance = self.store.advance
         made = 0
         for i, ((stream, _, obs, topic, payload), y) in enumerate(zip(pending, ys, strict=True)):
@@ -311,7 +311,7 @@ class Processor:
                 continue
             made += 1
             try:
-                self._emit(stream, obs, y, radii.get(i))
+                self._emit(stream, obs, y, intervals.get(i))
             except Exception as exc:
                 log.exception("Unexpected failure on %s (payload %r)", topic, truncate(payload))
                 self.report(stream, "internal", f"{type(exc).__name__}: {exc}", topic, payload)
@@ -326,11 +326,12 @@ class Processor:
     def _score(
         self, pending: list[tuple[str, StreamState, Observation, str, bytes]],
         ys: list[np.ndarray | None],
-    ) -> dict[int, np.ndarray]:
+    ) -> dict[int, bytes]:
         """Self-scoring of one model step (edge/score.py): the actuals just observed score the
-        forecasts that targeted them, the new forecasts get their intervals (returned by
-        position in `pending`), due scores and drift alarms are published. Its state is the
-        stream's extra `SCORE`, recorded with the step by `store.advance`. Never raises."""
+        forecasts that targeted them, the new forecasts get their intervals (their JSON is
+        returned by position in `pending`), due scores and drift alarms are published. Its
+        state is the stream's extra `SCORE`, recorded with the step by `store.advance`. Never
+        raises."""
         sc = self.scorer
         if sc is None:
             return {}
@@ -346,14 +347,16 @@ class Processor:
             out = sc.step_many([p[1].extra[SCORE] for p in items], tau, values, y)
             for j, raised in out.changed:
                 self._drift(items[j][0], items[j][1], raised)
-            for j in out.due:
-                stream, st, obs = items[j][0], items[j][1], items[j][2]
-                body = sc.payload(stream, obs.ts_raw, self.model_id, st.extra[SCORE])
-                self.publish_retained(self.topic(self.config.score, stream), body, self.qos)
-                self.metrics.stream_score(stream, sc, st.extra[SCORE])
+            if out.due:
+                due = [items[j] for j in out.due]
+                bodies = sc.payloads([p[0] for p in due], [p[2].ts_raw for p in due],
+                                     self.model_id, [p[1].extra[SCORE] for p in due])
+                for (stream, st, *_), body in zip(due, bodies, strict=True):
+                    self.publish_retained(self.topic(self.config.score, stream), body, self.qos)
+                    self.metrics.stream_score(stream, sc, st.extra[SCORE])
             if out.radii is None:
                 return {}
-            return {i: out.radii[j] for j, i in enumerate(at)}
+            return dict(zip(at, sc.intervals_many(y, out.radii), strict=True))
         except Exception:
             log.exception("Scoring failed on %d forecast(s); they go out without intervals",
                           len(pending))
