@@ -249,6 +249,8 @@ def main() -> int:
     p.add_argument("--scoring-cost", type=int, metavar="ROUNDS", help="only measure what "
                    "self-scoring costs: the LSTM daemon with and without --no-scoring, at the "
                    "largest --streams and QoS 0, alternated ROUNDS times")
+    p.add_argument("--scoring-flags", default="", metavar="'FLAGS'", help="with --scoring-cost: "
+                   "extra daemon flags for the run with scoring, e.g. '--score-every 6'")
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/daemon.json")
     args = p.parse_args()
     binary = find_mosquitto()
@@ -333,20 +335,23 @@ def scoring_cost(args: argparse.Namespace, model: Path, port: int, extra: list[s
     s = max(int(v) for v in args.streams.split(","))
     runs: dict[str, list[float]] = {"scoring": [], "no_scoring": []}
     for k in range(args.scoring_cost):
-        for name, flags in (("scoring", []), ("no_scoring", ["--no-scoring"])):
+        for name, flags in (("scoring", args.scoring_flags.split()),
+                            ("no_scoring", ["--no-scoring"])):
             r = throughput(model, port, f"c{k}{name[:2]}", s, 0, args.seconds, args.window,
                            extra + flags)
             runs[name].append(r["obs_per_s"])
             print(f"  {s} streams QoS 0 {name}: {r['obs_per_s']:,.0f} obs/s (lost {r['lost']})",
                   file=sys.stderr)
     on, off = float(np.median(runs["scoring"])), float(np.median(runs["no_scoring"]))
-    print(f"\nself-scoring cost, {s} streams, QoS 0 (median of {args.scoring_cost} alternated "
+    print(f"\nself-scoring cost {args.scoring_flags}, {s} streams, QoS 0 (median of "
+          f"{args.scoring_cost} alternated "
           f"runs of {args.seconds:g} s): {on:,.0f} obs/s with, {off:,.0f} without: "
           f"{1 - on / off:+.1%} throughput lost")
     out = args.out.with_name("daemon-scoring.json") if args.out.name == "daemon.json" \
         else args.out
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"streams": s, "qos": 0, "runs": runs, "scoring_obs_per_s": on,
+    out.write_text(json.dumps({"streams": s, "qos": 0, "flags": args.scoring_flags,
+                               "runs": runs, "scoring_obs_per_s": on,
                                "no_scoring_obs_per_s": off, "cost": 1 - on / off,
                                "load": os.getloadavg()}, indent=2))
     print(f"wrote {out}")

@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--score-half-life", type=float, metavar="PERIODS", help="half-life of the rolling "
         "scores (default 48)")
     add("--score-every", type=float, metavar="PERIODS", help="publish a stream's scores at most "
-        "once per this many periods (default 1)")
+        "once per this many periods (default 12)")
     add("--score-lr", type=float, metavar="X", help="interval adaptation step, × the trainer's "
         "validation RMSE (default 0.05)")
     add("--score-per-stream", action="store_true", default=None, help="per-stream score gauges "

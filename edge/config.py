@@ -145,7 +145,7 @@ class EdgeConfig:
     scoring: bool = True
     intervals: tuple[float, ...] = (0.8, 0.95)
     score_half_life: float = 48.0
-    score_every: float = 1.0
+    score_every: float = 12.0
     score_lr: float = 0.05
     score_per_stream: bool = False
     drift_baseline_ratio: float = 1.0

@@ -77,7 +77,7 @@ class ScoreSettings:
     intervals: tuple[float, ...] = (0.8, 0.95)
     half_life: float = 48.0
     lr: float = 0.05
-    every: float = 1.0
+    every: float = 12.0
     baseline_ratio: float = 1.0
     train_ratio: float = 2.0
     periods: int = 12

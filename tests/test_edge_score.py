@@ -180,7 +180,8 @@ def processor(model: Path, sink: Any, **kw: Any) -> Processor:
 def test_payload_intervals_score_topic_and_events(tmp_path: Path) -> None:
     model = seeded_model(tmp_path / "m.onnx")
     sink = Sink()
-    proc = processor(model, sink, drift_periods=2, drift_min_scored=5, drift_train_ratio=0.1)
+    proc = processor(model, sink, drift_periods=2, drift_min_scored=5, drift_train_ratio=0.1,
+                     score_every=1)
     data = rows(0, 30)
     for ts, v in data:
         proc.handle(*msg("a", ts, v))
@@ -199,6 +200,11 @@ def test_payload_intervals_score_topic_and_events(tmp_path: Path) -> None:
     events = sink.on("statecast/status/t/events")
     assert events and events[0]["event"] == "drift" and events[0]["alarm"] is True
     assert "retrain_needed 1" in proc.metrics.render()
+    sink2 = Sink()
+    proc2 = processor(model, sink2)  # the default: every 12 periods
+    for ts, v in data:
+        proc2.handle(*msg("a", ts, v))
+    assert [d["scored"] for d in sink2.on("statecast/score/a")] == [1, 13, 25]
     assert 'statecast_edge_score_scored_total{h="1"} 29' in proc.metrics.render()
 
 
