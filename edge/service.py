@@ -128,7 +128,9 @@ class Processor:
         self.router = StreamRouter(config.subscribe, config.stream_level)
         # what other parts keep per stream besides the model's state: name -> a new stream's value
         extras: dict[str, np.ndarray] = {}
-        self.scorer = Scorer(m, config.score_settings()) if config.scoring else None
+        # self-scoring (edge/score.py): regression models; classifiers get no intervals
+        self.scorer = Scorer(m, config.score_settings()) \
+            if config.scoring and m.task == "regress" else None
         if self.scorer is not None:
             extras[SCORE] = self.scorer.template
             self.metrics.adopt_scorer(self.scorer, config.score_per_stream)

@@ -208,6 +208,31 @@ def test_payload_intervals_score_topic_and_events(tmp_path: Path) -> None:
     assert 'statecast_edge_score_scored_total{h="1"} 29' in proc.metrics.render()
 
 
+def test_several_targets_get_intervals_per_target_and_classifiers_none(
+    models: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = Sink()
+    cfg = EdgeConfig(model=str(models["multi"]), subscribe=("x/+/temp",), client_id="t",
+                     score_every=1)
+    m, freq = load_model(cfg)
+    proc = Processor(cfg, m, freq, sink)
+    for i in range(6):
+        ts = (T0 + timedelta(hours=i)).isoformat()
+        proc.handle("x/a/temp", json.dumps({"ts": ts, "temp": 50.0 + i, "hum": 70.0 - i}).encode())
+    pred = sink.on("forecasts/a")[-1]
+    iv = np.array(pred["intervals"]["0.8"])
+    assert iv.shape == (3, 2, 2)  # [H][K][lo, hi]; unseeded radii have learnt from the errors
+    assert np.all(iv[..., 0] <= np.array(pred["forecast"])) and np.all(
+        np.array(pred["forecast"]) <= iv[..., 1])
+    assert sink.on("statecast/score/a")[-1]["scored"] == 5
+    sink = Sink()
+    proc = processor(models["classify"], sink)
+    proc.handle(*msg("c", T0.isoformat(), 50.0))
+    proc.handle(*msg("c", (T0 + timedelta(hours=1)).isoformat(), 51.0))
+    assert all("intervals" not in p for p in sink.on("forecasts/c"))
+    assert proc.scorer is None and "Scoring failed" not in caplog.text
+
+
 def test_no_scoring_leaves_payload_alone(tmp_path: Path) -> None:
     model = seeded_model(tmp_path / "m.onnx")
     sink = Sink()
