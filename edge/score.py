@@ -247,9 +247,8 @@ class Scorer:
         se = err * err
         sums, wts, lam = lay.view(mat, "sums"), lay.view(mat, "wts"), self.decay
         m_sums = sums[i, hh]  # [m, K, M] (a copy: written back below)
-        m_sums *= lam
-        m_sums[..., M_ABS] += ae
-        m_sums[..., M_SQ] += se
+        m_sums[..., M_ABS] = m_sums[..., M_ABS] * lam + ae
+        m_sums[..., M_SQ] = m_sums[..., M_SQ] * lam + se
         wts[i, hh, W_MODEL] = wts[i, hh, W_MODEL] * lam + 1.0
         t, meta, nr = self.totals, lay.view(mat, "meta"), len(rows)
         t.scored += np.bincount(hh, minlength=h)
@@ -263,7 +262,6 @@ class Scorer:
         if self.season:
             sl = self.season
             backs.append((sl * np.ceil((hh + 1) / sl).astype(np.intp), S_ABS, W_SEAS, 1))
-        m_sums[..., P_ABS : S_SQ + 1] /= lam  # undo: the baselines decay below, where seen
         for back, col, wcol, row in backs:
             when = tau[j] - back
             pos = np.mod(when, r).astype(np.intp)
@@ -287,8 +285,8 @@ class Scorer:
             c = len(self.coverages)
             rad = lay.view(mat, "rad")[i, slot, hh]  # [m, K, C]
             miss = (ae[..., None] > rad).astype(np.float64)
-            m_sums[..., 6 : 6 + c] += 1.0 - miss
-            m_sums[..., 6 + c : 6 + 2 * c] += 2.0 * rad
+            m_sums[..., 6 : 6 + c] = m_sums[..., 6 : 6 + c] * lam + (1.0 - miss)
+            m_sums[..., 6 + c : 6 + 2 * c] = m_sums[..., 6 + c : 6 + 2 * c] * lam + 2.0 * rad
             hit_k = (1.0 - miss).sum(axis=1) * self._per_k  # [m, C]
             wid_k = 2.0 * rad.sum(axis=1) * self._per_k
             for jc in range(c):
