@@ -166,6 +166,7 @@ class Scorer:
         history = max(h, s * math.ceil(h / s)) + 1 if s else h + 1
         self.layout = Layout(h, k, len(self.coverages), history)
         self._per_k = 1.0 / k
+        self._off = {name: sl.start for name, (sl, _) in self.layout.slices.items()}
         self.warmup = m.warmup
         self.decay = 0.5 ** (1.0 / settings.half_life)
         self.seeded, q0, self.scale, self.train_rmse = _seed(m.conformal, h, k, self.coverages)
@@ -193,6 +194,8 @@ class Scorer:
         `tau` their step times in periods (None entries: count steps), `values` [n, F] the
         observed features at tau, `y` [n, H, K] the forecasts made at tau. The actual at tau
         scores the forecasts that targeted it, before the new forecasts get their intervals."""
+        if len(extras) == 1:
+            return self._step_one(extras[0], float(tau[0]), values[0], y[0])
         lay, n, h = self.layout, len(extras), self.horizon
         mat = np.stack(extras)
         meta = lay.view(mat, "meta")
@@ -222,6 +225,143 @@ class Scorer:
         for x, row in zip(extras, mat, strict=True):
             x[:] = row
         return ScoreStep(radii, due, changed, scored)
+
+    def _step_one(self, x: np.ndarray, tau: float, values: np.ndarray, y: np.ndarray
+                  ) -> ScoreStep:
+        """`step_many` for one stream, in plain Python floats: numpy's cost per call dominates
+        at one stream (a batch-1 graph steps one at a time). The same arithmetic in the same
+        order; `test_one_stream_path_equals_the_vectorised_one` holds them together."""
+        o, h, k, c, r = self._off, self.horizon, self.layout.k, len(self.coverages), self.layout.r
+        s = self.settings
+        v = x.tolist()
+        mt = o["meta"]
+        tau = v[mt + STEPS] if math.isnan(tau) else float(round(tau))
+        last = v[mt + LAST_TAU]
+        fresh = not tau <= last
+        if fresh:
+            v[mt + LAST_TAU] = tau
+        scored = 0
+        if self.can_score and fresh:
+            actual = [float(values[i]) for i in self.target_idx]
+            nan = any(math.isnan(a) for a in actual)
+            if not nan:
+                scored = self._score_one(v, tau, actual)
+            pos = int(tau % r)
+            for kk in range(k):
+                v[o["hist"] + pos * k + kk] = actual[kk]
+            v[o["hist_t"] + pos] = math.nan if nan else tau
+        if fresh:
+            v[mt + STEPS] += 1.0
+        steps = v[mt + STEPS]
+        slot = int((steps - 1) % h)
+        radii = None
+        yf = y.reshape(-1).tolist()
+        if c:
+            q0, r0 = o["q"], o["rad"] + slot * h * k * c
+            rq = [max(qv, 0.0) for qv in v[q0 : q0 + h * k * c]]
+            v[r0 : r0 + h * k * c] = rq
+            radii = np.array(rq).reshape(1, h, k, c)
+        f0 = o["fc"] + slot * h * k
+        v[f0 : f0 + h * k] = yf
+        v[o["orig"] + slot] = tau if steps > self.warmup and self.can_score else math.nan
+        changed: list[tuple[int, bool]] = []
+        if self.can_score and not tau <= v[mt + LAST_EVAL]:
+            v[mt + LAST_EVAL] = tau
+            ready = v[mt + SCORED] >= s.min_scored and steps >= self.warmup
+            bad = ready and bool(self._bad(np.array([v[mt : mt + N_META]]))[0])
+            v[mt + BAD] = v[mt + BAD] + 1 if bad else 0.0
+            v[mt + GOOD] = 0.0 if bad else v[mt + GOOD] + 1
+            if v[mt + ALARM] <= 0 and v[mt + BAD] >= s.periods:
+                v[mt + ALARM] = 1.0
+                changed = [(0, True)]
+            elif v[mt + ALARM] > 0 and v[mt + GOOD] >= s.periods:
+                v[mt + ALARM] = 0.0
+                changed = [(0, False)]
+        due = []
+        if v[mt + SCORED] > 0 and not tau - v[mt + LAST_PUB] < s.every:
+            v[mt + LAST_PUB] = tau
+            due = [0]
+        x[:] = v
+        return ScoreStep(radii, due, changed, scored)
+
+    def _score_one(self, v: list[float], tau: float, actual: list[float]) -> int:
+        """`_score` for one stream on its vector as a list (see `_step_one`)."""
+        o, h, k, c, r = self._off, self.horizon, self.layout.k, len(self.coverages), self.layout.r
+        m, lam, per_k, t = self.layout.m, self.decay, self._per_k, self.totals
+        mt, sm, wt, lr = o["meta"], o["sums"], o["wts"], self.settings.lr
+        events = []
+        for slot in range(h):
+            ahead = tau - v[o["orig"] + slot]
+            if 1 <= ahead <= h:
+                events.append((slot, int(ahead - 1)))
+        if not events:
+            return 0
+        se_means: list[float] = []
+        base_means: tuple[list[float], list[float]] = ([], [])
+        for slot, hh in events:
+            f0 = o["fc"] + (slot * h + hh) * k
+            err = [v[f0 + kk] - actual[kk] for kk in range(k)]
+            ae = [abs(e) for e in err]
+            se = [e * e for e in err]
+            for kk in range(k):
+                b = sm + (hh * k + kk) * m
+                v[b + M_ABS] = v[b + M_ABS] * lam + ae[kk]
+                v[b + M_SQ] = v[b + M_SQ] * lam + se[kk]
+            w = wt + hh * 3
+            v[w + W_MODEL] = v[w + W_MODEL] * lam + 1.0
+            t.scored[hh] += 1.0
+            t.abs_err[hh] += sum(ae) * per_k
+            t.sq_err[hh] += sum(se) * per_k
+            se_means.append(sum(se) * per_k)
+            backs = [(hh + 1, P_ABS, W_PERS, 0)]
+            if self.season:
+                sl = self.season
+                backs.append((sl * math.ceil((hh + 1) / sl), S_ABS, W_SEAS, 1))
+            for back, col, wcol, row in backs:
+                when = tau - back
+                pos = int(when % r)
+                if v[o["hist_t"] + pos] != when:
+                    continue
+                be = [v[o["hist"] + pos * k + kk] - actual[kk] for kk in range(k)]
+                bae, bse = [abs(e) for e in be], [e * e for e in be]
+                for kk in range(k):
+                    b = sm + (hh * k + kk) * m
+                    v[b + col] = v[b + col] * lam + bae[kk]
+                    v[b + col + 1] = v[b + col + 1] * lam + bse[kk]
+                v[w + wcol] = v[w + wcol] * lam + 1.0
+                t.base_n[row, hh] += 1.0
+                t.base_abs[row, hh] += sum(bae) * per_k
+                t.base_sq[row, hh] += sum(bse) * per_k
+                base_means[row].append(sum(bse) * per_k)
+            if c:
+                for jc in range(c):
+                    hit = wid = 0.0
+                    for kk in range(k):
+                        rad = v[o["rad"] + ((slot * h + hh) * k + kk) * c + jc]
+                        miss = 1.0 if ae[kk] > rad else 0.0
+                        b = sm + (hh * k + kk) * m
+                        v[b + 6 + jc] = v[b + 6 + jc] * lam + (1.0 - miss)
+                        v[b + 6 + c + jc] = v[b + 6 + c + jc] * lam + 2.0 * rad
+                        hit += 1.0 - miss
+                        wid += 2.0 * rad
+                        if self.seeded:
+                            scale = float(self.scale[hh, kk])
+                        else:
+                            scale = v[b + M_ABS] / v[w + W_MODEL]
+                        qi = o["q"] + (hh * k + kk) * c + jc
+                        v[qi] += lr * scale * (miss - float(self.alpha[jc]))
+                    t.covered[jc, hh] += hit * per_k
+                    t.width[jc, hh] += wid * per_k
+            if hh == 0:
+                v[mt + SCORED] += 1.0
+        for vals, col, wcol in ((se_means, MS_MODEL, MW_MODEL),
+                                (base_means[0], MS_PERS, MW_PERS),
+                                (base_means[1], MS_SEAS, MW_SEAS)):
+            if vals:
+                mean = sum(vals) / len(vals)
+                v[mt + col] = v[mt + col] * lam + mean
+                v[mt + wcol] = v[mt + wcol] * lam + 1.0
+        return len(events)
 
     def _score(self, mat: np.ndarray, rows: np.ndarray, tau: np.ndarray,
                actual: np.ndarray) -> int:

@@ -151,6 +151,52 @@ def test_no_alarm_during_warmup_or_before_min_scored() -> None:
     assert changes and changes[0] >= 100 + 10
 
 
+@pytest.mark.parametrize("seeded", [True, False])
+def test_one_stream_path_equals_the_vectorised_one(seeded: bool) -> None:
+    """One stream at a time (plain Python) and streams together (numpy) give the same states,
+    radii, counters, due scores and alarms: two targets, a season, warm-up, missing actuals,
+    two steps in one period, gaps, an alarm raised and cleared."""
+    h, n, steps = 3, 4, 400
+    rng = np.random.default_rng(5)
+    man = Manifest(
+        kind="step", features=("a", "b"), targets=("a", "b"), horizon=h, task="regress",
+        mode="stateful", model_id="m", statecast_version="0", created="",
+        output_shape=(1, h, 2), warmup=5, structure={"seasons": [4]},
+        conformal={"points": 9, "levels": [0.5, 0.9], "abs_quantiles": [[[0.5, 1.5]] * 2] * h,
+                   "rmse": [[1.0, 2.0]] * h, "mae": [[0.8, 1.6]] * h} if seeded else {},
+    )
+    settings = ScoreSettings(periods=3, min_scored=10, half_life=8, every=3)
+    one, many = Scorer(man, settings), Scorer(man, settings)
+    ex1 = [one.template.copy() for _ in range(n)]
+    exn = [many.template.copy() for _ in range(n)]
+    tau = np.zeros(n)
+    changes1: list[tuple[int, int, bool]] = []
+    changesn: list[tuple[int, int, bool]] = []
+    for t in range(steps):
+        tau = tau + rng.choice([0.0, 1.0, 1.0, 1.0, 3.0], n)  # repeats and gaps
+        given = tau.copy()
+        if not seeded:
+            given[0] = np.nan  # no frequency: steps are counted
+        values = rng.normal(0, 1, (n, 2)) + (3.0 if 150 <= t < 200 else 0.0)
+        values[rng.random(n) < 0.05, 0] = np.nan
+        y = rng.normal(0, 1, (n, h, 2))
+        got = many.step_many(exn, given.copy(), values, y)
+        changesn += [(t, i, up) for i, up in got.changed]
+        for i in range(n):
+            g1 = one.step_many([ex1[i]], given[i : i + 1].copy(), values[i : i + 1],
+                               y[i : i + 1])
+            assert got.radii is not None and g1.radii is not None
+            np.testing.assert_allclose(g1.radii[0], got.radii[i], rtol=1e-12)
+            assert (i in got.due) == bool(g1.due)
+            changes1 += [(t, i, up) for _, up in g1.changed]
+    for a, b in zip(ex1, exn, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12, equal_nan=True)
+    for name in ("scored", "abs_err", "sq_err", "base_n", "base_sq", "covered", "width"):
+        np.testing.assert_allclose(getattr(one.totals, name), getattr(many.totals, name),
+                                   rtol=1e-10)
+    assert changes1 == sorted(changesn) and any(up for *_, up in changes1)
+
+
 # -- the daemon's processor ---------------------------------------------------------------------
 
 
