@@ -268,7 +268,7 @@ class Scorer:
         if self.can_score and not tau <= v[mt + LAST_EVAL]:
             v[mt + LAST_EVAL] = tau
             ready = v[mt + SCORED] >= s.min_scored and steps >= self.warmup
-            bad = ready and bool(self._bad(np.array([v[mt : mt + N_META]]))[0])
+            bad = ready and self._bad_one(v[mt : mt + N_META])
             v[mt + BAD] = v[mt + BAD] + 1 if bad else 0.0
             v[mt + GOOD] = 0.0 if bad else v[mt + GOOD] + 1
             if v[mt + ALARM] <= 0 and v[mt + BAD] >= s.periods:
@@ -289,9 +289,12 @@ class Scorer:
         o, h, k, c, r = self._off, self.horizon, self.layout.k, len(self.coverages), self.layout.r
         m, lam, per_k, t = self.layout.m, self.decay, self._per_k, self.totals
         mt, sm, wt, lr = o["meta"], o["sums"], o["wts"], self.settings.lr
+        o_orig, o_fc, o_rad, o_q, o_hist, o_ht = (
+            o["orig"], o["fc"], o["rad"], o["q"], o["hist"], o["hist_t"])
+        alpha, scale_seed = self.alpha.tolist(), self.scale.tolist()
         events = []
         for slot in range(h):
-            ahead = tau - v[o["orig"] + slot]
+            ahead = tau - v[o_orig + slot]
             if 1 <= ahead <= h:
                 events.append((slot, int(ahead - 1)))
         if not events:
@@ -299,7 +302,7 @@ class Scorer:
         se_means: list[float] = []
         base_means: tuple[list[float], list[float]] = ([], [])
         for slot, hh in events:
-            f0 = o["fc"] + (slot * h + hh) * k
+            f0 = o_fc + (slot * h + hh) * k
             err = [v[f0 + kk] - actual[kk] for kk in range(k)]
             ae = [abs(e) for e in err]
             se = [e * e for e in err]
@@ -320,9 +323,9 @@ class Scorer:
             for back, col, wcol, row in backs:
                 when = tau - back
                 pos = int(when % r)
-                if v[o["hist_t"] + pos] != when:
+                if v[o_ht + pos] != when:
                     continue
-                be = [v[o["hist"] + pos * k + kk] - actual[kk] for kk in range(k)]
+                be = [v[o_hist + pos * k + kk] - actual[kk] for kk in range(k)]
                 bae, bse = [abs(e) for e in be], [e * e for e in be]
                 for kk in range(k):
                     b = sm + (hh * k + kk) * m
@@ -337,19 +340,17 @@ class Scorer:
                 for jc in range(c):
                     hit = wid = 0.0
                     for kk in range(k):
-                        rad = v[o["rad"] + ((slot * h + hh) * k + kk) * c + jc]
+                        rad = v[o_rad + ((slot * h + hh) * k + kk) * c + jc]
                         miss = 1.0 if ae[kk] > rad else 0.0
                         b = sm + (hh * k + kk) * m
                         v[b + 6 + jc] = v[b + 6 + jc] * lam + (1.0 - miss)
                         v[b + 6 + c + jc] = v[b + 6 + c + jc] * lam + 2.0 * rad
                         hit += 1.0 - miss
                         wid += 2.0 * rad
-                        if self.seeded:
-                            scale = float(self.scale[hh, kk])
-                        else:
-                            scale = v[b + M_ABS] / v[w + W_MODEL]
-                        qi = o["q"] + (hh * k + kk) * c + jc
-                        v[qi] += lr * scale * (miss - float(self.alpha[jc]))
+                        scale = scale_seed[hh][kk] if self.seeded \
+                            else v[b + M_ABS] / v[w + W_MODEL]
+                        qi = o_q + (hh * k + kk) * c + jc
+                        v[qi] += lr * scale * (miss - alpha[jc])
                     t.covered[jc, hh] += hit * per_k
                     t.width[jc, hh] += wid * per_k
             if hh == 0:
@@ -487,6 +488,17 @@ class Scorer:
                 bad |= model > self.train_rmse * self.settings.train_ratio
         return bad
 
+    def _bad_one(self, meta: list[float]) -> bool:
+        """`_bad` for one stream's meta as a list."""
+        rmse = [math.sqrt(meta[ms] / meta[mw]) if meta[mw] > 0 else math.nan
+                for ms, mw in ((MS_MODEL, MW_MODEL), (MS_PERS, MW_PERS), (MS_SEAS, MW_SEAS))]
+        model = rmse[0]
+        best = min((b for b in rmse[1:] if not math.isnan(b)), default=math.inf)
+        bad = math.isfinite(best) and model > best * self.settings.baseline_ratio
+        if self.train_rmse is not None:
+            bad = bad or model > self.train_rmse * self.settings.train_ratio
+        return bad
+
     @staticmethod
     def _rmse(meta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Rolling RMSE over all horizon steps and targets of the model [n] and of persistence
@@ -559,13 +571,18 @@ class Scorer:
         """The `"intervals"` member of each prediction (`y` [n, H, K], `radii` [n, H, K, C]): per
         coverage, [lo, hi] per horizon step (one target) or per step and target ([H][K][2])."""
         n, h = radii.shape[:2]
+        cov = [_key(c) for c in self.coverages]
+        if n == 1 and radii.shape[2] == 1:  # one stream, one target: plain floats are faster
+            yf, rq = y.reshape(-1).tolist(), radii[0, :, 0, :].tolist()
+            return [_dumps({c: [[round(f - r[j], 6), round(f + r[j], 6)]
+                                for f, r in zip(yf, rq, strict=True)]
+                            for j, c in enumerate(cov)})]
         y = y.reshape(n, h, -1, 1)
         lohi = np.round(np.stack([y - radii, y + radii], axis=-1), 6)  # [n, H, K, C, 2]
         lohi = np.moveaxis(lohi, 3, 1)  # [n, C, H, K, 2]
         if lohi.shape[3] == 1:
             lohi = lohi[:, :, :, 0]  # [n, C, H, 2]
         lohi = np.ascontiguousarray(lohi)  # orjson writes C-contiguous arrays only
-        cov = [_key(c) for c in self.coverages]
         return [_dumps({c: lohi[i, j] for j, c in enumerate(cov)}) for i in range(n)]
 
 
