@@ -1,8 +1,10 @@
 """The daemon scores its own forecasts: prediction intervals, rolling errors, a drift alarm.
 
-Pure numpy, no I/O: the Processor calls `Scorer.step_many` once per model step with the streams
+No I/O, numpy only: the Processor calls `Scorer.step_many` once per model step with the streams
 stepped together, the step's time, the observed values and the forecasts; it returns the interval
-radii to publish, which streams' scores are due and which drift alarms changed.
+radii to publish, which streams' scores are due and which drift alarms changed. Many streams are
+scored with array operations; one stream (a batch-1 graph) in plain Python floats, where numpy's
+cost per call would dominate — the same arithmetic, held equal by a test.
 
 Per stream and horizon step h (and target k):
 
@@ -26,6 +28,8 @@ Everything lives in one float64 vector per stream (`Layout`), kept by the state 
 extra named `EXTRA`: journaled, snapshotted, spilled and restored with the model state, so a
 restart continues exactly where an uninterrupted run would be. Its shape depends on the horizon,
 the targets, the coverages and the season: a model with another horizon starts scoring afresh.
+Two steps of a stream in one period (no grid) score once; the later forecast replaces the
+earlier one. The Prometheus totals (`Totals`) are per process.
 """
 
 from __future__ import annotations
@@ -191,9 +195,10 @@ class Scorer:
         y: np.ndarray,
     ) -> ScoreStep:
         """Score, then issue: `extras` are the streams' scoring vectors (updated in place),
-        `tau` their step times in periods (None entries: count steps), `values` [n, F] the
-        observed features at tau, `y` [n, H, K] the forecasts made at tau. The actual at tau
-        scores the forecasts that targeted it, before the new forecasts get their intervals."""
+        `tau` their step times in periods (NaN without a frequency: steps are counted),
+        `values` [n, F] the observed features at tau, `y` [n, H, K] the forecasts made at tau.
+        The actual at tau scores the forecasts that targeted it, before the new forecasts get
+        their intervals."""
         if len(extras) == 1:
             return self._step_one(extras[0], float(tau[0]), values[0], y[0])
         lay, n, h = self.layout, len(extras), self.horizon
