@@ -375,7 +375,7 @@ class Processor:
         body = {"event": "drift", "model": self.model_id, "stream": stream, "alarm": raised,
                 **{k: summary[k] for k in summary if k.endswith("rmse")},
                 "train_rmse": self.scorer.train_rmse}
-        log.warning("Drift alarm %s on stream %s", "raised" if raised else "cleared", stream)
+        log.info("Drift alarm %s on stream %s", "raised" if raised else "cleared", stream)
         self.publish(self.events_topic, json.dumps(body).encode(), 1)
 
     def recount_alarms(self) -> None:
