@@ -185,8 +185,11 @@ def _score_lines(p: str, sc: Scorer, streams: dict[str, dict[str, Any]]) -> list
         rows = []
         for stream, doc in sorted(streams.items()):
             label = f'stream="{_label(stream)}"'
-            rmse = [v for v in doc["rmse"] if v is not None]
-            rows.append((f"{p}stream_rmse{{{label}}}", float(np.mean(rmse)) if rmse else 0.0))
+            for key in ("rmse", "brier"):  # regression, classifiers
+                got = [v for v in doc.get(key, []) if v is not None]
+                if key in doc:
+                    rows.append((f"{p}stream_{key}{{{label}}}",
+                                 float(np.mean(got)) if got else 0.0))
             rows.append((f"{p}stream_alarm{{{label}}}", float(doc["alarm"])))
             for c, cov in doc.get("coverage", {}).items():
                 got = [v for v in cov if v is not None]
@@ -194,6 +197,8 @@ def _score_lines(p: str, sc: Scorer, streams: dict[str, dict[str, Any]]) -> list
                              float(np.mean(got)) if got else 0.0))
         lines += [f"# HELP {p}stream_rmse A stream's rolling RMSE (horizon steps averaged).",
                   f"# TYPE {p}stream_rmse gauge",
+                  f"# HELP {p}stream_brier A classifier stream's rolling Brier score.",
+                  f"# TYPE {p}stream_brier gauge",
                   f"# HELP {p}stream_alarm 1 while a stream is in drift alarm.",
                   f"# TYPE {p}stream_alarm gauge",
                   f"# HELP {p}stream_coverage A stream's rolling interval coverage.",

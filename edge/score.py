@@ -155,21 +155,31 @@ class Scorer:
     def __init__(self, manifest: Manifest, settings: ScoreSettings) -> None:
         m = manifest
         self.settings = settings
-        self.enabled = m.task == "regress"
+        # a classifier is scored by its Brier score when its class can be told on the device:
+        # a numeric target among the features, split by the trainer's threshold (two classes)
+        threshold = (m.source or {}).get("threshold")
+        self.threshold = float(threshold) if m.task == "classify" and isinstance(
+            threshold, (int, float)) and len(m.classes or ()) == 2 else None
+        self.classify = m.task == "classify"
+        self.enabled = m.task == "regress" or self.threshold is not None
         self.horizon = h = m.horizon
         self.targets = m.targets or m.features[:1]
-        k = len(self.targets)
-        self.coverages = tuple(float(c) for c in settings.intervals) if self.enabled else ()
+        k = len(m.classes or ()) if self.classify else len(self.targets)
+        self.coverages = tuple(float(c) for c in settings.intervals) \
+            if m.task == "regress" else ()
         self.alpha = np.array([1.0 - c for c in self.coverages])
         # actuals: the targets among the features (others cannot be scored on the device)
         self.target_idx = [m.features.index(t) if t in m.features else -1 for t in self.targets]
         self.can_score = self.enabled and all(i >= 0 for i in self.target_idx)
+        if self.classify:
+            self.target_idx = self.target_idx[:1]
         seasons = [int(s) for s in (m.structure or {}).get("seasons", []) if int(s) > 1]
         self.season = seasons[0] if seasons and seasons[0] <= MAX_SEASON else None
         s = self.season
         history = max(h, s * math.ceil(h / s)) + 1 if s else h + 1
         self.layout = Layout(h, k, len(self.coverages), history)
-        self._per_k = 1.0 / k
+        # targets are averaged; a classifier's squared errors are summed over its classes (Brier)
+        self._per_k = 1.0 if self.classify else 1.0 / k
         self._off = {name: sl.start for name, (sl, _) in self.layout.slices.items()}
         self.warmup = m.warmup
         self.decay = 0.5 ** (1.0 / settings.half_life)
@@ -212,7 +222,7 @@ class Scorer:
         if self.can_score:
             rows = np.nonzero(fresh)[0]
             if len(rows):
-                actual = values[rows][:, self.target_idx].astype(np.float64)
+                actual = self._actual(values[rows])
                 scored = self._score(mat, rows, tau[rows], actual)
                 self._remember(mat, rows, tau[rows], actual)
         # issue: the new forecasts take the slot of the oldest, which has just been scored
@@ -247,7 +257,7 @@ class Scorer:
             v[mt + LAST_TAU] = tau
         scored = 0
         if self.can_score and fresh:
-            actual = [float(values[i]) for i in self.target_idx]
+            actual = self._actual(values[None])[0].tolist()
             nan = any(math.isnan(a) for a in actual)
             if not nan:
                 scored = self._score_one(v, tau, actual)
@@ -368,6 +378,17 @@ class Scorer:
                 v[mt + col] = v[mt + col] * lam + mean
                 v[mt + wcol] = v[mt + wcol] * lam + 1.0
         return len(events)
+
+    def _actual(self, values: np.ndarray) -> np.ndarray:
+        """The actuals [n, K] from observed features [n, F]: the targets, or for a classifier
+        the one-hot class (above the threshold: the second class), NaN when missing."""
+        x = values[:, self.target_idx].astype(np.float64)
+        if self.threshold is None:
+            return x
+        above = (x[:, 0] > self.threshold).astype(np.float64)
+        out = np.stack([1.0 - above, above], axis=1)
+        out[np.isnan(x[:, 0])] = np.nan
+        return out
 
     def _score(self, mat: np.ndarray, rows: np.ndarray, tau: np.ndarray,
                actual: np.ndarray) -> int:
@@ -520,19 +541,24 @@ class Scorer:
         was scored yet: arrays [n, H] (coverage and width [n, C, H])."""
         lay = self.layout
         mat = np.stack(extras)
-        sums = lay.view(mat, "sums").mean(axis=2)  # [n, H, M]
+        sums = lay.view(mat, "sums").sum(axis=2) * self._per_k  # [n, H, M]
         wts = lay.view(mat, "wts")  # [n, H, 3]
         with np.errstate(invalid="ignore", divide="ignore"):
             def ratio(col: int, wcol: int) -> np.ndarray:
                 w = wts[:, :, wcol]
                 return np.where(w > 0, sums[:, :, col] / np.where(w > 0, w, 1.0), np.nan)
 
-            out = {
-                "mae": ratio(M_ABS, W_MODEL), "rmse": np.sqrt(ratio(M_SQ, W_MODEL)),
-                "persistence_mae": ratio(P_ABS, W_PERS),
-                "persistence_rmse": np.sqrt(ratio(P_SQ, W_PERS)),
-            }
-            if self.season:
+            if self.classify:  # Brier scores; persistence: the class now, as a certainty
+                out = {"brier": ratio(M_SQ, W_MODEL), "persistence_brier": ratio(P_SQ, W_PERS)}
+                if self.season:
+                    out["seasonal_brier"] = ratio(S_SQ, W_SEAS)
+            else:
+                out = {
+                    "mae": ratio(M_ABS, W_MODEL), "rmse": np.sqrt(ratio(M_SQ, W_MODEL)),
+                    "persistence_mae": ratio(P_ABS, W_PERS),
+                    "persistence_rmse": np.sqrt(ratio(P_SQ, W_PERS)),
+                }
+            if self.season and not self.classify:
                 out["seasonal_mae"] = ratio(S_ABS, W_SEAS)
                 out["seasonal_rmse"] = np.sqrt(ratio(S_SQ, W_SEAS))
             c = len(self.coverages)

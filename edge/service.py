@@ -128,9 +128,10 @@ class Processor:
         self.router = StreamRouter(config.subscribe, config.stream_level)
         # what other parts keep per stream besides the model's state: name -> a new stream's value
         extras: dict[str, np.ndarray] = {}
-        # self-scoring (edge/score.py): regression models; classifiers get no intervals
-        self.scorer = Scorer(m, config.score_settings()) \
-            if config.scoring and m.task == "regress" else None
+        # self-scoring (edge/score.py): regression models, and classifiers whose class the
+        # device can tell (Brier score, no intervals)
+        scorer = Scorer(m, config.score_settings()) if config.scoring else None
+        self.scorer = scorer if scorer is not None and scorer.enabled else None
         if self.scorer is not None:
             extras[SCORE] = self.scorer.template
             self.metrics.adopt_scorer(self.scorer, config.score_per_stream)
@@ -373,7 +374,7 @@ class Processor:
         else:
             self.scorer.alarms.discard(stream)
         body = {"event": "drift", "model": self.model_id, "stream": stream, "alarm": raised,
-                **{k: summary[k] for k in summary if k.endswith("rmse")},
+                **{k: summary[k] for k in summary if k.endswith(("rmse", "brier"))},
                 "train_rmse": self.scorer.train_rmse}
         log.info("Drift alarm %s on stream %s", "raised" if raised else "cleared", stream)
         self.publish(self.events_topic, json.dumps(body).encode(), 1)

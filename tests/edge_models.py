@@ -44,6 +44,7 @@ def build_model(
     batch: str = "1",
     conformal: dict[str, Any] | None = None,
     structure: dict[str, Any] | None = None,
+    source: dict[str, Any] | None = None,
 ) -> Path:
     """Write a model and return its path. Targets default to the first feature.
 
@@ -152,6 +153,7 @@ def build_model(
             batch=batch,
             conformal=conformal or {},
             structure=structure or {},
+            source=source or {},
         )
         helper.set_model_props(model, {METADATA_KEY: man.to_json()})
     onnx.checker.check_model(model)

@@ -272,11 +272,37 @@ def test_several_targets_get_intervals_per_target_and_classifiers_none(
         np.array(pred["forecast"]) <= iv[..., 1])
     assert sink.on("statecast/score/a")[-1]["scored"] == 5
     sink = Sink()
-    proc = processor(models["classify"], sink)
+    proc = processor(models["classify"], sink)  # categorical classes: not scored on the device
     proc.handle(*msg("c", T0.isoformat(), 50.0))
     proc.handle(*msg("c", (T0 + timedelta(hours=1)).isoformat(), 51.0))
     assert all("intervals" not in p for p in sink.on("forecasts/c"))
     assert proc.scorer is None and "Scoring failed" not in caplog.text
+
+
+def test_threshold_classifier_is_scored_by_its_brier_score(tmp_path: Path) -> None:
+    """A binary classifier of temp > 50 (the trainer's threshold in the manifest): no
+    intervals; its rolling Brier score per horizon step equals the plain mean of
+    sum over classes (p - onehot)^2 with a long half-life, beside persistence's."""
+    model = build_model(tmp_path / "c.onnx", task="classify", classes=("no", "yes"), horizon=2,
+                        model_id="thr", source={"threshold": 50.0}, freq="1h")
+    sink = Sink()
+    proc = processor(model, sink, score_every=1, score_half_life=1e9)
+    temps = [48.0, 52.0, 53.0, 49.0, 47.0, 51.0, 55.0, 46.0]
+    for i, v in enumerate(temps):
+        proc.handle(*msg("c", (T0 + timedelta(hours=i)).isoformat(), v))
+    preds = sink.on("forecasts/c")
+    assert all("intervals" not in p for p in preds)
+    score = sink.on("statecast/score/c")[-1]
+    label = np.array([float(v > 50) for v in temps])
+    for h in range(2):
+        briers, pers = [], []
+        for o in range(len(temps) - h - 1):
+            p_yes = preds[o]["probabilities"]["yes"][h]
+            y = label[o + h + 1]
+            briers.append((p_yes - y) ** 2 + ((1 - p_yes) - (1 - y)) ** 2)
+            pers.append(2.0 * (label[o] != y))
+        assert score["brier"][h] == pytest.approx(np.mean(briers), rel=1e-5)
+        assert score["persistence_brier"][h] == pytest.approx(np.mean(pers), rel=1e-5)
 
 
 def test_no_scoring_leaves_payload_alone(tmp_path: Path) -> None:
