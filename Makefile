@@ -48,6 +48,8 @@ bench: $(STAMP) broker
 	CUDA_VISIBLE_DEVICES= TF_CPP_MIN_LOG_LEVEL=3 $(PY) bench/bench_step.py
 	CUDA_VISIBLE_DEVICES= TF_CPP_MIN_LOG_LEVEL=3 $(PY) bench/bench_processor.py
 	CUDA_VISIBLE_DEVICES= TF_CPP_MIN_LOG_LEVEL=3 $(PY) bench/bench_daemon.py
+	CUDA_VISIBLE_DEVICES= TF_CPP_MIN_LOG_LEVEL=3 $(PY) bench/bench_daemon.py --scoring-cost 5 --streams 1000
+	CUDA_VISIBLE_DEVICES= TF_CPP_MIN_LOG_LEVEL=3 $(PY) bench/bench_intervals.py
 	CUDA_VISIBLE_DEVICES= TF_CPP_MIN_LOG_LEVEL=2 $(PY) bench/bench_train_speed.py
 	CUDA_VISIBLE_DEVICES= TF_CPP_MIN_LOG_LEVEL=2 $(PY) bench/bench_train.py
 

@@ -260,6 +260,11 @@ def main() -> int:
     p.add_argument("--grid", action="store_true", help="also 1,000 streams at 10 observations "
                    "per period into a grid model beside one-message-one-step")
     p.add_argument("--only-grid", action="store_true", help="run only that comparison")
+    p.add_argument("--scoring-cost", type=int, metavar="ROUNDS", help="only measure what "
+                   "self-scoring costs: the LSTM daemon with and without --no-scoring, at the "
+                   "largest --streams and QoS 0, alternated ROUNDS times")
+    p.add_argument("--scoring-flags", default="", metavar="'FLAGS'", help="with --scoring-cost: "
+                   "extra daemon flags for the run with scoring, e.g. '--score-every 6'")
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/daemon.json")
     args = p.parse_args()
     binary = find_mosquitto()
@@ -280,6 +285,11 @@ def main() -> int:
         keras_net.save(d / "lstm.keras")
         broker = Mosquitto(binary, d / "mosquitto")
         broker.start()
+        if args.scoring_cost:
+            try:
+                return scoring_cost(args, lstm, broker.port, extra)
+            finally:
+                broker.stop()
         try:
             if args.grid or args.only_grid:
                 results["grid"] = grid_case(lstm, with_grid(lstm, d / "grid.onnx"), broker,
@@ -360,6 +370,34 @@ def finish(results: dict[str, Any], path: Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2))
     print(f"\nwrote {path}")
+    return 0
+
+
+def scoring_cost(args: argparse.Namespace, model: Path, port: int, extra: list[str]) -> int:
+    """Throughput with and without self-scoring, alternated; prints and writes the ratio."""
+    s = max(int(v) for v in args.streams.split(","))
+    runs: dict[str, list[float]] = {"scoring": [], "no_scoring": []}
+    for k in range(args.scoring_cost):
+        for name, flags in (("scoring", args.scoring_flags.split()),
+                            ("no_scoring", ["--no-scoring"])):
+            r = throughput(model, port, f"c{k}{name[:2]}", s, 0, args.seconds, args.window,
+                           extra + flags)
+            runs[name].append(r["obs_per_s"])
+            print(f"  {s} streams QoS 0 {name}: {r['obs_per_s']:,.0f} obs/s (lost {r['lost']})",
+                  file=sys.stderr)
+    on, off = float(np.median(runs["scoring"])), float(np.median(runs["no_scoring"]))
+    print(f"\nself-scoring cost {args.scoring_flags}, {s} streams, QoS 0 (median of "
+          f"{args.scoring_cost} alternated "
+          f"runs of {args.seconds:g} s): {on:,.0f} obs/s with, {off:,.0f} without: "
+          f"{1 - on / off:+.1%} throughput lost")
+    out = args.out.with_name("daemon-scoring.json") if args.out.name == "daemon.json" \
+        else args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"streams": s, "qos": 0, "flags": args.scoring_flags,
+                               "runs": runs, "scoring_obs_per_s": on,
+                               "no_scoring_obs_per_s": off, "cost": 1 - on / off,
+                               "load": os.getloadavg()}, indent=2))
+    print(f"wrote {out}")
     return 0
 
 

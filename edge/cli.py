@@ -87,6 +87,28 @@ def build_parser() -> argparse.ArgumentParser:
         "(default the first and the last)")
     add("--retain-forecasts", action="store_const", const=True, help="retain the latest "
         "forecast of each stream on its topic")
+    add("--score", metavar="TEMPLATE", help="retained topic of each stream's rolling scores "
+        "(default statecast/score/{stream})")
+    add("--intervals", metavar="C,C", type=_coverages, help="coverages of the prediction "
+        "intervals (default 0.8,0.95; '' for none)")
+    add("--no-scoring", dest="scoring", action="store_const", const=False, help="no intervals, "
+        "no self-scoring, no drift alarm")
+    add("--score-half-life", type=float, metavar="PERIODS", help="half-life of the rolling "
+        "scores (default 48)")
+    add("--score-every", type=float, metavar="PERIODS", help="publish a stream's scores at most "
+        "once per this many periods (default 12)")
+    add("--score-lr", type=float, metavar="X", help="interval adaptation step, × the trainer's "
+        "validation RMSE (default 0.05)")
+    add("--score-per-stream", action="store_true", default=None, help="per-stream score gauges "
+        "on /metrics (one series per stream: mind the cardinality)")
+    add("--drift-baseline-ratio", type=float, metavar="X", help="drift: rolling RMSE above the "
+        "best baseline's × X (default 1.0)")
+    add("--drift-train-ratio", type=float, metavar="X", help="... or above the trainer's "
+        "validation RMSE × X (default 2.0)")
+    add("--drift-periods", type=int, metavar="N", help="... for N periods raises the alarm, N "
+        "good ones clear it (default 12)")
+    add("--drift-min-scored", type=int, metavar="N", help="no alarm before N scored steps "
+        "(default 48)")
     return p
 
 
@@ -129,6 +151,13 @@ def add_connection_flags(p: argparse.ArgumentParser, *, publish: bool) -> None:
     add("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default INFO")
 
 
+def _coverages(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of coverages") from None
+
+
 FLAG_KEYS = (
     "model", "broker", "subscribe", "publish", "errors", "state_dir", "client_id", "qos",
     "mqtt_version", "username", "password_file", "ca_file", "cert_file", "key_file",
@@ -136,8 +165,10 @@ FLAG_KEYS = (
     "stream_level", "stream_field", "max_payload", "on_gap", "late", "metrics_port",
     "metrics_host", "log_level", "max_batch", "max_delay_ms", "commit_interval", "commit_max",
     "fsync", "stream_ttl", "max_resident", "record", "ha_discovery", "ha_steps",
-    "retain_forecasts",
-    "fsync", "stream_ttl", "max_resident", "ts_field", "ts", "grace", "publish_fills",
+    "retain_forecasts", "ts_field", "ts", "grace", "publish_fills",
+    "score", "intervals", "scoring", "score_half_life",
+    "score_every", "score_lr", "score_per_stream", "drift_baseline_ratio", "drift_train_ratio",
+    "drift_periods", "drift_min_scored",
 )
 
 

@@ -41,6 +41,7 @@ except ModuleNotFoundError:  # Python 3.10: --config needs 3.11
 
 from edge.codec import check_filter, check_template
 from edge.errors import EdgeError
+from edge.score import ScoreSettings
 
 PASSWORD_ENV = "STATECAST_MQTT_PASSWORD"
 SCHEMES = {"mqtt": (1883, False), "tcp": (1883, False), "mqtts": (8883, True), "ssl": (8883, True)}
@@ -108,6 +109,7 @@ class EdgeConfig:
     errors: str = "statecast/errors/{stream}"
     status: str = "statecast/status/{client_id}"
     commands: str = "statecast/cmd/{client_id}"
+    score: str = "statecast/score/{stream}"
     client_id: str = ""  # default: default_client_id(subscribe, publish)
     qos: int = 1
     mqtt_version: str = "3.1.1"
@@ -159,6 +161,17 @@ class EdgeConfig:
     ha_steps: tuple[int, ...] = ()
     # retain the latest forecast of each stream on its topic
     retain_forecasts: bool = False
+    # self-scoring (edge/score.py)
+    scoring: bool = True
+    intervals: tuple[float, ...] = (0.8, 0.95)
+    score_half_life: float = 48.0
+    score_every: float = 12.0
+    score_lr: float = 0.05
+    score_per_stream: bool = False
+    drift_baseline_ratio: float = 1.0
+    drift_train_ratio: float = 2.0
+    drift_periods: int = 12
+    drift_min_scored: int = 48
 
     def __post_init__(self) -> None:
         if not self.model and not self.record:  # statecast-record needs no model
@@ -171,6 +184,7 @@ class EdgeConfig:
         check_template(self.errors, "errors")
         check_template(self.status, "status")
         check_template(self.commands, "commands")
+        check_template(self.score, "score")
         if "{stream}" in self.commands or "{model}" in self.commands:
             raise EdgeError("the commands topic may use {client_id} only")
         self.broker_url  # noqa: B018 - validates
@@ -249,6 +263,26 @@ class EdgeConfig:
             raise EdgeError(f"ha_discovery {self.ha_discovery!r} is not a topic prefix")
         if any(s < 1 for s in self.ha_steps):
             raise EdgeError("ha_steps must be horizon steps from 1")
+        if any(not 0 < c < 1 for c in self.intervals) or len(set(self.intervals)) != len(
+            self.intervals
+        ):
+            raise EdgeError("intervals must be distinct coverages between 0 and 1 (0.8, 0.95)")
+        for name in ("score_half_life", "score_lr", "drift_baseline_ratio", "drift_train_ratio"):
+            if not getattr(self, name) > 0:
+                raise EdgeError(f"{name} must be positive")
+        if self.score_every < 0:
+            raise EdgeError("score_every must not be negative")
+        if self.drift_periods < 1 or self.drift_min_scored < 0:
+            raise EdgeError("drift_periods must be at least 1 and drift_min_scored at least 0")
+
+    def score_settings(self) -> ScoreSettings:
+        """What edge/score.py needs; no intervals when scoring is off."""
+        return ScoreSettings(
+            intervals=self.intervals if self.scoring else (), half_life=self.score_half_life,
+            lr=self.score_lr, every=self.score_every, baseline_ratio=self.drift_baseline_ratio,
+            train_ratio=self.drift_train_ratio, periods=self.drift_periods,
+            min_scored=self.drift_min_scored,
+        )
 
     @property
     def broker_url(self) -> BrokerURL:
@@ -291,10 +325,12 @@ class EdgeConfig:
 _INT_KEYS = {
     "qos", "keepalive", "session_expiry", "stream_level", "max_payload", "max_streams",
     "queue_size", "metrics_port", "threads", "max_batch", "commit_max", "max_resident",
+    "drift_periods", "drift_min_scored",
 }
 _FLOAT_KEYS = {
     "checkpoint_interval", "reconnect_min", "reconnect_max", "max_delay_ms", "commit_interval",
-    "stream_ttl", "grace",
+    "stream_ttl", "grace", "score_half_life", "score_every", "score_lr", "drift_baseline_ratio",
+    "drift_train_ratio",
 }
 
 
@@ -322,7 +358,13 @@ def _coerce(key: str, value: Any) -> Any:
         ):
             return tuple(value)
         raise EdgeError("ha_steps must be a list of horizon steps such as [1, 6]")
-    if key in ("tls_insecure", "fsync", "retain_forecasts"):
+    if key == "intervals":
+        if isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        ):
+            return tuple(float(v) for v in value)
+        raise EdgeError("intervals must be a list of coverages, e.g. [0.8, 0.95]")
+    if key in ("tls_insecure", "fsync", "retain_forecasts", "scoring", "score_per_stream"):
         if not isinstance(value, bool):
             raise EdgeError(f"{key} must be true or false")
         return value

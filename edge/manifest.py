@@ -112,6 +112,10 @@ class Manifest:
     # The grid the training data were put on; None (older manifests, plain Keras models): the
     # daemon steps once per observation.
     grid: Grid | None = None
+    # Split-conformal seed of the prediction intervals, from the trainer's validation errors:
+    # {"points": n, "levels": [c...], "abs_quantiles": [H][K][levels], "rmse": [H][K],
+    #  "mae": [H][K]} in target units; empty when the run had none (see edge/score.py).
+    conformal: dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT
 
     def __post_init__(self) -> None:

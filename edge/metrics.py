@@ -13,7 +13,12 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from edge.score import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +81,26 @@ class Metrics:
         self.streams = 0
         self.warming = 0
         self.queue_depth: Callable[[], int] = lambda: 0
+        self.scorer: Scorer | None = None
+        self.per_stream = False
+        self.stream_scores: dict[str, dict[str, Any]] = {}
+
+    def adopt_scorer(self, scorer: Scorer, per_stream: bool) -> None:
+        """Report this scorer's figures; a model with the same horizon and coverages keeps
+        counting where the last left off (counters never go back)."""
+        old = self.scorer
+        if old is not None and old.totals.covered.shape == scorer.totals.covered.shape:
+            scorer.totals = old.totals
+        self.scorer = scorer
+        self.per_stream = per_stream
+
+    def stream_score(self, stream: str, scorer: Scorer, extra: np.ndarray) -> None:
+        """Keep a stream's latest rolling figures for the per-stream gauges (when enabled)."""
+        if not self.per_stream:
+            return
+        if stream not in self.stream_scores and len(self.stream_scores) >= 100_000:
+            return
+        self.stream_scores[stream] = scorer.summary(extra)
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + n
@@ -139,7 +164,69 @@ class Metrics:
                "Replacement models rejected (the live one kept serving).", self.reloads_failed)
         scalar("connected", "gauge", "1 while connected to the broker.", self.connected)
         scalar("queue_depth", "gauge", "Messages waiting for the worker.", self.queue_depth())
+        if self.scorer is not None:
+            lines += _score_lines(p, self.scorer, self.stream_scores if self.per_stream else {})
         return "\n".join(lines) + "\n"
+
+
+def _score_lines(p: str, sc: Scorer, streams: dict[str, dict[str, Any]]) -> list[str]:
+    """Self-scoring, summed over streams per horizon step (counters: divide their rates, e.g.
+    rate(abs_error_sum) / rate(scored_total) is the MAE over any window), the drift alarm
+    gauge and, when enabled, each stream's rolling figures."""
+    t = sc.totals
+    lines: list[str] = []
+
+    def family(name: str, kind: str, help_: str, rows: list[tuple[str, float]]) -> None:
+        lines.extend([f"# HELP {p}{name} {help_}", f"# TYPE {p}{name} {kind}"])
+        lines.extend(f"{p}{name}{{{labels}}} {value:.9g}" for labels, value in rows)
+
+    hs = [f'h="{h + 1}"' for h in range(sc.horizon)]
+    family("score_scored_total", "counter", "Forecasts scored against their actual, by "
+           "horizon step.", list(zip(hs, t.scored.tolist(), strict=True)))
+    family("score_abs_error_sum", "counter", "Sum of absolute forecast errors (targets "
+           "averaged).", list(zip(hs, t.abs_err.tolist(), strict=True)))
+    family("score_sq_error_sum", "counter", "Sum of squared forecast errors.",
+           list(zip(hs, t.sq_err.tolist(), strict=True)))
+    base = ["persistence", "seasonal"] if sc.season else ["persistence"]
+    for name, arr in (("scored_total", t.base_n), ("abs_error_sum", t.base_abs),
+                      ("sq_error_sum", t.base_sq)):
+        family(f"score_baseline_{name}", "counter", f"The naive baselines' {name} on the same "
+               "actuals.", [(f'baseline="{b}",{h}', float(arr[k, i]))
+                            for k, b in enumerate(base) for i, h in enumerate(hs)])
+    if sc.coverages:
+        family("score_covered_total", "counter", "Forecasts whose actual fell inside the "
+               "published interval.", [(f'coverage="{c:g}",{h}', float(t.covered[k, i]))
+                                       for k, c in enumerate(sc.coverages)
+                                       for i, h in enumerate(hs)])
+        family("score_width_sum", "counter", "Sum of the published intervals' widths.",
+               [(f'coverage="{c:g}",{h}', float(t.width[k, i]))
+                for k, c in enumerate(sc.coverages) for i, h in enumerate(hs)])
+    lines += [f"# HELP {p}retrain_needed Streams whose rolling error is in drift alarm.",
+              f"# TYPE {p}retrain_needed gauge", f"{p}retrain_needed {len(sc.alarms)}"]
+    if streams:
+        rows = []
+        for stream, doc in sorted(streams.items()):
+            label = f'stream="{_label(stream)}"'
+            for key in ("rmse", "brier"):  # regression, classifiers
+                got = [v for v in doc.get(key, []) if v is not None]
+                if key in doc:
+                    rows.append((f"{p}stream_{key}{{{label}}}",
+                                 float(np.mean(got)) if got else 0.0))
+            rows.append((f"{p}stream_alarm{{{label}}}", float(doc["alarm"])))
+            for c, cov in doc.get("coverage", {}).items():
+                got = [v for v in cov if v is not None]
+                rows.append((f'{p}stream_coverage{{{label},coverage="{c}"}}',
+                             float(np.mean(got)) if got else 0.0))
+        lines += [f"# HELP {p}stream_rmse A stream's rolling RMSE (horizon steps averaged).",
+                  f"# TYPE {p}stream_rmse gauge",
+                  f"# HELP {p}stream_brier A classifier stream's rolling Brier score.",
+                  f"# TYPE {p}stream_brier gauge",
+                  f"# HELP {p}stream_alarm 1 while a stream is in drift alarm.",
+                  f"# TYPE {p}stream_alarm gauge",
+                  f"# HELP {p}stream_coverage A stream's rolling interval coverage.",
+                  f"# TYPE {p}stream_coverage gauge"]
+        lines += [f"{name} {value:.9g}" for name, value in rows]
+    return lines
 
 
 def _label(value: str) -> str:

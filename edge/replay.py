@@ -42,6 +42,12 @@ examples:
       --broker mqtt://localhost:1883 --topic 'sensors/{stream}/obs' --speed 3600
   statecast-replay --data examples/data/seattle-temps.csv --time-col date --skip 7000 \\
       --broker mqtt://localhost:1883 --topic 'sensors/seattle/temp' --rate 50
+  statecast-replay --data held-out.csv --time-col date --broker mqtt://localhost:1883 \\
+      --topic 'sensors/{stream}/temp' --forecasts 'forecasts/{stream}' --season 24
+
+With --forecasts, the daemon's forecasts for the replayed rows are collected and the run ends
+with a summary per horizon step: MAE and RMSE, interval coverage and mean width, and the MAE of
+persistence and seasonal naive on the same actuals.
 """
 
 
@@ -84,7 +90,116 @@ def build_parser() -> argparse.ArgumentParser:
     add("--password-file", metavar="FILE", help=f"or set ${PASSWORD_ENV}")
     add("--ca-file", "--tls-ca", dest="tls_ca", metavar="FILE", help="CA of the broker (mqtts://)")
     add("--quiet", action="store_true", help="no summary line")
+    add("--forecasts", metavar="TEMPLATE", help="the daemon's forecast topic ({stream} "
+        "becomes +): collect the forecasts and end with a score summary")
+    add("--target", metavar="KEY", help="the forecast target among the sent keys (default the "
+        "first)")
+    add("--season", type=int, metavar="N", help="season in rows for the seasonal-naive column")
+    add("--wait", type=float, default=30.0, metavar="S", help="with --forecasts, wait at most S "
+        "seconds for the last forecasts (default 30)")
+    add("--summary-json", metavar="FILE", help="also write the summary as JSON")
     return p
+
+
+def _epoch(value: Any) -> float:
+    """Epoch seconds of a payload time: ISO 8601 (naive read as UTC) or epoch s/ms."""
+    if isinstance(value, (int, float)):
+        return float(value) / 1000 if value > 1e11 else float(value)
+    ts = datetime.fromisoformat(str(value))
+    return (ts if ts.tzinfo is not None else ts.replace(tzinfo=timezone.utc)).timestamp()
+
+
+class Scoreboard:
+    """The replayed actuals and the daemon's forecasts; `summary()` scores every forecast whose
+    target time was replayed, per horizon step, beside persistence and seasonal naive."""
+
+    def __init__(self, target: str | None, season: int | None) -> None:
+        self.target = target
+        self.season = season
+        self.actual: dict[str, dict[float, float]] = {}
+        self.order: dict[str, list[float]] = {}
+        self.forecasts: list[tuple[str, float, list[Any], dict[str, Any], list[Any]]] = []
+
+    def sent(self, stream: str, ts: datetime, values: dict[str, Any]) -> None:
+        key = self.target or next(iter(values))
+        v = values.get(key)
+        if isinstance(v, (int, float)):
+            t = _epoch(encode_ts(ts, "iso"))
+            self.actual.setdefault(stream, {})[t] = float(v)
+            self.order.setdefault(stream, []).append(t)
+
+    def received(self, payload: bytes) -> None:
+        try:
+            doc = json.loads(payload)
+            self.forecasts.append((str(doc["stream"]), _epoch(doc["ts"]), doc["forecast"],
+                                   doc.get("intervals") or {}, doc.get("at") or []))
+        except (ValueError, KeyError, TypeError):
+            pass
+
+    def summary(self) -> dict[str, Any]:
+        rows: dict[int, dict[str, list[float]]] = {}
+        for stream, t0, fc, intervals, at in self.forecasts:
+            actual = self.actual.get(stream, {})
+            times = self.order.get(stream, [])
+            period = (times[1] - times[0]) if len(times) > 1 else None
+            now = actual.get(t0)
+            for h, (f, when) in enumerate(zip(fc, at, strict=False)):
+                if not isinstance(f, (int, float)):
+                    continue  # classifiers and several targets are not summarised here
+                y = actual.get(_epoch(when))
+                if y is None:
+                    continue
+                r = rows.setdefault(h, {})
+                r.setdefault("err", []).append(f - y)
+                if now is not None:
+                    r.setdefault("persistence", []).append(now - y)
+                if self.season and period:
+                    back = self.season * math.ceil((h + 1) / self.season)
+                    old = actual.get(_epoch(when) - back * period)
+                    if old is not None:
+                        r.setdefault("seasonal", []).append(old - y)
+                for c, bounds in intervals.items():
+                    lo, hi = bounds[h]
+                    r.setdefault(f"cov {c}", []).append(float(lo <= y <= hi))
+                    r.setdefault(f"width {c}", []).append(float(hi - lo))
+        out: dict[str, Any] = {"horizon": []}
+        for h in sorted(rows):
+            r = rows[h]
+            e = r["err"]
+            step: dict[str, Any] = {
+                "h": h + 1, "n": len(e), "mae": sum(map(abs, e)) / len(e),
+                "rmse": math.sqrt(sum(x * x for x in e) / len(e)),
+            }
+            for name in ("persistence", "seasonal"):
+                if r.get(name):
+                    step[f"{name}_mae"] = sum(map(abs, r[name])) / len(r[name])
+            for key, vals in r.items():
+                if key.startswith(("cov ", "width ")):
+                    kind, c = key.split(" ")
+                    step.setdefault("coverage" if kind == "cov" else "width", {})[c] = \
+                        sum(vals) / len(vals)
+            out["horizon"].append(step)
+        return out
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    steps = summary["horizon"]
+    if not steps:
+        return ["no forecasts for the replayed rows were received"]
+    covs = sorted(steps[0].get("coverage", {}), key=float)
+    head = f"{'h':>3} {'n':>6} {'MAE':>8} {'RMSE':>8} {'persist.':>8} {'seasonal':>8}"
+    head += "".join(f" {'cov ' + c:>8} {'width ' + c:>10}" for c in covs)
+    lines = ["score of the daemon's forecasts over the replayed rows (MAE of the baselines "
+             "on the same actuals):", head]
+    for st in steps:
+        def num(v: Any, w: int) -> str:
+            return f"{v:>{w}.3f}" if isinstance(v, float) else f"{'n/a':>{w}}"
+        row = (f"{st['h']:>3} {st['n']:>6} {num(st['mae'], 8)} {num(st['rmse'], 8)} "
+               f"{num(st.get('persistence_mae'), 8)} {num(st.get('seasonal_mae'), 8)}")
+        for c in covs:
+            row += f" {num(st['coverage'].get(c), 8)} {num(st['width'].get(c), 10)}"
+        lines.append(row)
+    return lines
 
 
 class TimeParser:
@@ -214,6 +329,10 @@ class Publisher:
             client.tls_set(ca_certs=args.tls_ca)
         client.on_connect = self._on_connect
         client.on_publish = self._on_publish
+        self.subscribe: str | None = None
+        self.on_forecast: Any = None
+        client.on_message = lambda _c, _u, msg: self.on_forecast and self.on_forecast(
+            msg.payload)
         self.client = client
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -223,6 +342,8 @@ class Publisher:
         sock = client.socket()
         if isinstance(sock, socket.socket):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.subscribe:
+            client.subscribe(self.subscribe, qos=1)
         self.connected = True
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
@@ -258,6 +379,12 @@ class Publisher:
             self._since_poll = 0
             self._loop(0.0)
 
+    def pump(self, seconds: float) -> None:
+        """Run the network loop for `seconds` (acknowledgements, collected forecasts)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self._loop(0.05)
+
     def close(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while self.outstanding > 0 and time.monotonic() < deadline:
@@ -282,8 +409,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdgeError as exc:
         parser.exit(2, f"statecast-replay: error: {exc}\n")
     pub = Publisher(args)
+    board = Scoreboard(args.target, args.season) if args.forecasts else None
+    if board is not None:
+        pub.subscribe = args.forecasts.replace("{stream}", "+")
+        pub.on_forecast = board.received
     try:
         pub.connect()
+        if board is not None:
+            pub.pump(0.3)  # the subscription is in place before the first observation
     except ConnectionError as exc:
         parser.exit(1, f"statecast-replay: error: {exc}\n")
     sent = 0
@@ -301,6 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _sleep_until(t0 + (ts - ts0).total_seconds() / args.speed)
             body = {"ts": encode_ts(ts, args.ts_format), **values}
             pub.publish(args.topic.format(stream=stream), json.dumps(body).encode())
+            if board is not None:
+                board.sent(stream, ts, values)
             streams.add(stream)
             sent += 1
             item = next(source, None)
@@ -311,14 +446,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(1, f"statecast-replay: error: {exc}\n")
     except KeyboardInterrupt:
         pass
-    pub.close()
     elapsed = time.monotonic() - t0
+    if board is not None:
+        deadline = time.monotonic() + args.wait
+        while len(board.forecasts) < sent and time.monotonic() < deadline:
+            pub.pump(0.1)
+    pub.close()
     if not args.quiet:
         print(
             f"statecast-replay: published {sent} messages on {len(streams)} streams in "
             f"{elapsed:.2f} s ({sent / elapsed if elapsed > 0 else 0:.0f} msg/s)",
             file=sys.stderr,
         )
+    if board is not None:
+        summary = board.summary()
+        print("\n".join(summary_lines(summary)))
+        if args.summary_json:
+            Path(args.summary_json).write_text(json.dumps(summary, indent=2) + "\n")
     return 0
 
 

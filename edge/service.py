@@ -40,6 +40,8 @@ from edge.metrics import LogLimiter, Metrics, MetricsServer
 from edge.model import StepModel
 from edge.notify import Notifier
 from edge.runner import Runner
+from edge.score import EXTRA as SCORE
+from edge.score import Scorer
 from edge.state import StateStore, StreamState
 from edge.transport import Transport, forecast_properties
 
@@ -125,6 +127,7 @@ class Processor:
         *,
         on_admit: Callable[[str, Observation], None] | None = None,
         publish_forecast: Publisher | None = None,
+        publish_retained: Publisher | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         m = model.manifest
@@ -151,6 +154,17 @@ class Processor:
         extras: dict[str, np.ndarray] = {}
         if self.grid is not None:
             extras[self.grid.name] = self.grid.template()
+        # self-scoring (edge/score.py): regression models, and classifiers whose class the
+        # device can tell (Brier score, no intervals)
+        scorer = Scorer(m, config.score_settings()) if config.scoring else None
+        self.scorer = scorer if scorer is not None and scorer.enabled else None
+        if self.scorer is not None:
+            extras[SCORE] = self.scorer.template
+            self.metrics.adopt_scorer(self.scorer, config.score_per_stream)
+        self.publish_retained = publish_retained or publish
+        self.period = freq.total_seconds() if freq is not None else None
+        self.events_topic = config.status.format(
+            client_id=config.client_id, model=m.model_id, stream="") + "/events"
         fresh = StateStore(
             m.model_id,
             self.runner.zero_state(),
@@ -241,17 +255,20 @@ class Processor:
                     f"gap of {obs.t - st.last_t:g} s exceeds max_gap "
                     f"({self.manifest.max_gap} × {self.manifest.freq})"
                 )
-                if self.config.on_gap == "reset":
-                    st = self.store.reset(stream)
+                if self.config.on_gap == "reset":  # the model's state; scores carry on
+                    st = self.store.reset(stream, keep=(SCORE,))
                     self.metrics.reset("gap")
                     detail += "; state reset"
                 self.report(stream, "gap", detail, topic, payload, drop=False)
         return st
 
     def _emit(self, stream: str, obs: Observation, y: np.ndarray,
-              period: float | None = None) -> None:
-        """Encode and publish one prediction (`y` with its batch dimension of 1)."""
+              period: float | None = None, intervals: bytes | None = None) -> None:
+        """Encode and publish one prediction (`y` with its batch dimension of 1), with the
+        JSON of its intervals when given."""
         body = self.encoder.prediction(stream, obs, y, period)
+        if intervals is not None:
+            body = body[:-1] + b',"intervals":' + intervals + b"}"
         if self.publish_forecast(self.topic(self.config.publish, stream), body, self.qos):
             self.metrics.predictions_out += 1
         else:
@@ -402,16 +419,17 @@ class Processor:
             for stream, _, _, _, _, topic, payload, _, _ in pending:
                 self.report(stream, "internal", f"{type(exc).__name__}: {exc}", topic, payload)
             return 0
+        intervals = self._score(pending, ys)
         advance = self.store.advance
         made = 0
-        for (stream, _, _, _, obs, topic, payload, period, publish), y in zip(
-                pending, ys, strict=True):
+        for i, ((stream, _, _, _, obs, topic, payload, period, publish), y) in enumerate(
+                zip(pending, ys, strict=True)):
             advance(stream, obs.t)
             if y is None or not publish:  # a window graph still warming up; a quiet fill
                 continue
             made += 1
             try:
-                self._emit(stream, obs, y, period)
+                self._emit(stream, obs, y, period, intervals.get(i))
             except Exception as exc:
                 log.exception("Unexpected failure on %s (payload %r)", topic, truncate(payload))
                 self.report(stream, "internal", f"{type(exc).__name__}: {exc}", topic, payload)
@@ -422,6 +440,65 @@ class Processor:
             for _ in range(made):
                 observe(per)
         return made
+
+    def _score(
+        self, pending: list[Pending],
+        ys: list[np.ndarray | None],
+    ) -> dict[int, bytes]:
+        """Self-scoring of one model step (edge/score.py): the actuals just observed score the
+        forecasts that targeted them, the new forecasts get their intervals (their JSON is
+        returned by position in `pending`), due scores and drift alarms are published. Its
+        state is the stream's extra `SCORE`, recorded with the step by `store.advance`. Never
+        raises."""
+        sc = self.scorer
+        if sc is None:
+            return {}
+        try:
+            at = [i for i, y in enumerate(ys) if y is not None]
+            if not at:
+                return {}
+            items = [pending[i] for i in at]
+            t = np.fromiter((p[2] for p in items), np.float64, len(items))
+            tau = t / self.period if self.period else np.full(len(items), np.nan)
+            values = np.stack([p[3] for p in items])
+            y = np.stack([np.asarray(ys[i]).reshape(sc.horizon, -1) for i in at])
+            out = sc.step_many([p[1].extra[SCORE] for p in items], tau, values, y)
+            for j, raised in out.changed:
+                self._drift(items[j][0], items[j][1], raised)
+            if out.due:
+                due = [items[j] for j in out.due]
+                bodies = sc.payloads([p[0] for p in due], [p[4].ts_raw for p in due],
+                                     self.model_id, [p[1].extra[SCORE] for p in due])
+                for (stream, st, *_), body in zip(due, bodies, strict=True):
+                    self.publish_retained(self.topic(self.config.score, stream), body, self.qos)
+                    self.metrics.stream_score(stream, sc, st.extra[SCORE])
+            if out.radii is None:
+                return {}
+            return dict(zip(at, sc.intervals_many(y, out.radii), strict=True))
+        except Exception:
+            log.exception("Scoring failed on %d forecast(s); they go out without intervals",
+                          len(pending))
+            return {}
+
+    def _drift(self, stream: str, st: StreamState, raised: bool) -> None:
+        """Publish a drift alarm raised or cleared on the events topic; count it."""
+        assert self.scorer is not None
+        summary = self.scorer.summary(st.extra[SCORE])
+        if raised:
+            self.scorer.alarms.add(stream)
+        else:
+            self.scorer.alarms.discard(stream)
+        body = {"event": "drift", "model": self.model_id, "stream": stream, "alarm": raised,
+                **{k: summary[k] for k in summary if k.endswith(("rmse", "brier"))},
+                "train_rmse": self.scorer.train_rmse}
+        log.info("Drift alarm %s on stream %s", "raised" if raised else "cleared", stream)
+        self.publish(self.events_topic, json.dumps(body).encode(), 1)
+
+    def recount_alarms(self) -> None:
+        """The streams in drift alarm, from their states (after a restore or a swap)."""
+        if self.scorer is not None:
+            self.scorer.alarms = {s for s, st in self.store.streams.items()
+                                  if SCORE in st.extra and self.scorer.alarm_of(st.extra[SCORE])}
 
     def _run(self, states: list[StreamState], times: list[float],
              rows: list[np.ndarray]) -> list[np.ndarray | None]:
@@ -512,6 +589,11 @@ class Service:
         self._outbox.append((topic, payload, qos, False, None))
         return True
 
+    def _publish_retained(self, topic: str, payload: bytes, qos: int) -> bool:
+        """Collect a retained publication (a stream's scores) for `_flush`."""
+        self._outbox.append((topic, payload, qos, True, None))
+        return True
+
     def _publish_forecast(self, topic: str, payload: bytes, qos: int) -> bool:
         """As `_publish`, retained with `retain_forecasts` and with the model's MQTT 5
         properties."""
@@ -535,7 +617,7 @@ class Service:
 
     def _hooks(self) -> dict[str, Any]:
         """The processor's hooks: only what is switched on costs anything per message."""
-        hooks: dict[str, Any] = {}
+        hooks: dict[str, Any] = {"publish_retained": self._publish_retained}
         if self.recorder is not None or self.discovery is not None:
             hooks["on_admit"] = self._admitted
         if self.config.retain_forecasts or self._forecast_props is not None:
@@ -628,6 +710,7 @@ class Service:
             n = self.processor.store.load(cfg.state_dir)
             if n:
                 log.info("Restored the state of %d streams from %s", n, cfg.state_dir)
+            self.processor.recount_alarms()
         self._update_gauges()
         if cfg.metrics_port is not None:
             try:
@@ -749,6 +832,7 @@ class Service:
             elif not kept:
                 proc.store.load(directory)  # e.g. a rollback to a model seen before
         self.processor, self.model, self.manifest = proc, swap.model, swap.model.manifest
+        proc.recount_alarms()
         self.metrics.model_id = self.manifest.model_id
         self.metrics.reloads += 1
         if not kept:

@@ -5,8 +5,10 @@
 2. exports it to a batch-1 ONNX step graph, proven against Keras;
 3. starts mosquitto on a free loopback port and `statecast-edge` against it;
 4. replays a week before the held-out tail quickly (to warm the stream's state), then the last
-   weeks at a visible pace, printing one line per forecast the daemon publishes;
-5. writes demo-out/forecast.png and stops everything.
+   weeks at a visible pace, printing one line per forecast the daemon publishes with its 80 %
+   prediction interval and the interval's running coverage;
+5. prints the daemon's own scores (statecast/score/seattle), writes demo-out/forecast.png with
+   the intervals shaded, and stops everything.
 
     python examples/demo.py [--out demo-out] [--weeks 2] [--rate 40]
 """
@@ -92,7 +94,8 @@ def main() -> int:
     inbox: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
     sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="statecast-demo-viewer")
     sub.on_connect = lambda c, *_: c.subscribe(
-        [("forecasts/#", 1), ("statecast/errors/#", 1), (f"statecast/status/{CLIENT_ID}", 1)])
+        [("forecasts/#", 1), ("statecast/errors/#", 1), (f"statecast/status/{CLIENT_ID}", 1),
+         ("statecast/score/#", 1)])
     sub.on_message = lambda _c, _u, m: inbox.put((m.topic, json.loads(m.payload or b"null")))
     sub.connect(broker.host, broker.port)
     sub.loop_start()
@@ -137,14 +140,17 @@ def _live(args: argparse.Namespace, url: str, inbox: queue.Queue[tuple[str, dict
     actual = dict(zip(times, temps, strict=True))
     feeder = subprocess.Popen([*replay, "--skip", str(start), "--count", str(live),
                                "--rate", str(args.rate)])
-    print(f"{'observation time':<19} {'actual':>7} {'+1h':>7} {'+6h':>7} "
-          f"{'MAE +1h':>8} {'persist.':>8} {'seasonal':>8}")
+    print(f"{'observation time':<19} {'actual':>7} {'+1h':>7} {'80 % interval +1h':>17} "
+          f"{'+6h':>7} {'MAE +1h':>8} {'persist.':>8} {'seasonal':>8} {'coverage':>8}")
     pending: dict[datetime, float] = {}
+    pending_iv: dict[datetime, tuple[float, float]] = {}
+    covered: list[float] = []
+    score: dict[str, Any] = {}
     errs: list[float] = []
     base: list[float] = []
     seasonal: list[float] = []
     period = times[1] - times[0]
-    rows: list[tuple[datetime, float, list[float]]] = []
+    rows: list[tuple[datetime, float, list[float], list[list[float]], list[list[float]]]] = []
     got, errors = 0, 0
     deadline = time.monotonic() + live / args.rate + 60
     while got < live and time.monotonic() < deadline:
@@ -156,11 +162,17 @@ def _live(args: argparse.Namespace, url: str, inbox: queue.Queue[tuple[str, dict
             errors += 1
             print(f"error: {msg}")
             continue
+        if topic.startswith("statecast/score/"):
+            score = msg
+            continue
         if not topic.startswith("forecasts/"):
             continue
         got += 1
         ts = datetime.fromisoformat(msg["ts"])
         now = actual[ts]
+        if ts in pending_iv:
+            lo, hi = pending_iv.pop(ts)
+            covered.append(float(lo <= now <= hi))
         if ts in pending:
             errs.append(abs(pending.pop(ts) - now))
             prev = actual.get(ts - period)
@@ -170,14 +182,38 @@ def _live(args: argparse.Namespace, url: str, inbox: queue.Queue[tuple[str, dict
             if day_before is not None:
                 seasonal.append(abs(day_before - now))
         fc = [float(v) for v in msg["forecast"]]
+        ivs = msg.get("intervals", {})
+        iv80, iv95 = ivs.get("0.8", [[v, v] for v in fc]), ivs.get("0.95", [[v, v] for v in fc])
         pending[datetime.fromisoformat(msg["at"][0])] = fc[0]
-        rows.append((ts, now, fc))
-        print(f"{ts:%Y-%m-%d %H:%M}    {now:7.1f} {fc[0]:7.1f} {fc[-1]:7.1f} "
-              f"{_mean(errs):8.3f} {_mean(base):8.3f} {_mean(seasonal):8.3f}", flush=True)
+        pending_iv[datetime.fromisoformat(msg["at"][0])] = (iv80[0][0], iv80[0][1])
+        rows.append((ts, now, fc, iv80, iv95))
+        band = f"[{iv80[0][0]:6.1f}, {iv80[0][1]:6.1f}]"
+        print(f"{ts:%Y-%m-%d %H:%M}    {now:7.1f} {fc[0]:7.1f} {band:>17} {fc[-1]:7.1f} "
+              f"{_mean(errs):8.3f} {_mean(base):8.3f} {_mean(seasonal):8.3f} "
+              f"{100 * _mean(covered):7.1f}%", flush=True)
     feeder.wait(30)
     print(f"\n{got} forecasts for {live} observations, {errors} errors; MAE at +1 h: model "
           f"{_mean(errs):.3f} °F, persistence {_mean(base):.3f} °F, seasonal naive (same hour "
-          f"yesterday) {_mean(seasonal):.3f} °F")
+          f"yesterday) {_mean(seasonal):.3f} °F; the 80 % interval covered "
+          f"{100 * _mean(covered):.1f} % of the actuals at +1 h")
+    time.sleep(0.5)
+    while not inbox.empty():
+        topic, msg = inbox.get()
+        if topic.startswith("statecast/score/"):
+            score = msg
+    if score:
+        print(f"\nthe daemon's own rolling scores (statecast/score/seattle, half-life "
+              f"{score['half_life']:g} h, {score['scored']} scored):")
+        print(f"  {'horizon':>7} {'MAE':>7} {'RMSE':>7} {'persist.':>8} {'seasonal':>8} "
+              f"{'cov. 80%':>8} {'cov. 95%':>8} {'width 80%':>9}")
+        for h in range(len(score["mae"])):
+            def f(key: str, sub: str | None = None, h: int = h) -> str:
+                v = score[key][sub][h] if sub else score[key][h]
+                return "n/a" if v is None else f"{v:.3f}"
+            print(f"  {h + 1:>7} {f('mae'):>7} {f('rmse'):>7} {f('persistence_rmse'):>8} "
+                  f"{f('seasonal_rmse') if 'seasonal_rmse' in score else 'n/a':>8} "
+                  f"{f('coverage', '0.8'):>8} {f('coverage', '0.95'):>8} "
+                  f"{f('width', '0.8'):>9}")
     _plot(rows, actual, out / "forecast.png")
     print(f"plot: {out / 'forecast.png'}")
     return 0 if got == live and errors == 0 else 1
@@ -197,8 +233,8 @@ def _drain(inbox: queue.Queue[tuple[str, dict[str, Any]]], n: int, timeout: floa
         got += topic.startswith("forecasts/")
 
 
-def _plot(rows: list[tuple[datetime, float, list[float]]], actual: dict[datetime, float],
-          path: Path) -> None:
+def _plot(rows: list[tuple[datetime, float, list[float], list[list[float]], list[list[float]]]],
+          actual: dict[datetime, float], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -208,7 +244,14 @@ def _plot(rows: list[tuple[datetime, float, list[float]]], actual: dict[datetime
     fig, ax = plt.subplots(figsize=(12, 4.5), constrained_layout=True)
     ax.plot([r[0] for r in rows], [r[1] for r in rows], color="black", lw=1.3, label="actual")
     for h, colour in ((0, "tab:blue"), (len(rows[0][2]) - 1, "tab:orange")):
-        ax.plot([r[0] + step_td * (h + 1) for r in rows], [r[2][h] for r in rows], lw=1,
+        when = [r[0] + step_td * (h + 1) for r in rows]
+        ax.fill_between(when, [r[4][h][0] for r in rows], [r[4][h][1] for r in rows],
+                        color=colour, alpha=0.08, lw=0,
+                        label=f"95 % interval, {h + 1} h ahead")
+        ax.fill_between(when, [r[3][h][0] for r in rows], [r[3][h][1] for r in rows],
+                        color=colour, alpha=0.18, lw=0,
+                        label=f"80 % interval, {h + 1} h ahead")
+        ax.plot(when, [r[2][h] for r in rows], lw=1,
                 color=colour, label=f"forecast made {h + 1} h earlier")
     ax.set_ylabel("°F")
     ax.set_title("statecast-edge forecasts over MQTT, Seattle hourly temperature (held-out weeks)")

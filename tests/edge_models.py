@@ -8,6 +8,7 @@ They follow the export contract: a batch-1 step graph with the ONNX LSTM op and 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -42,6 +43,9 @@ def build_model(
     manifest: bool = True,
     batch: str = "1",
     grid: Grid | None = None,
+    conformal: dict[str, Any] | None = None,
+    structure: dict[str, Any] | None = None,
+    source: dict[str, Any] | None = None,
 ) -> Path:
     """Write a model and return its path. Targets default to the first feature.
 
@@ -149,6 +153,9 @@ def build_model(
             max_gap=max_gap,
             batch=batch,
             grid=grid,
+            conformal=conformal or {},
+            structure=structure or {},
+            source=source or {},
         )
         helper.set_model_props(model, {METADATA_KEY: man.to_json()})
     onnx.checker.check_model(model)

@@ -77,7 +77,9 @@ class Rig:
         return [p for p in self.col.json(f"{self.cid}-out/") if p["stream"] == stream]
 
     def events(self) -> list[dict[str, Any]]:
-        return self.col.json(f"statecast/status/{self.cid}/events")
+        # the rollout and command events (not the drift alarms of these untrained models)
+        return [e for e in self.col.json(f"statecast/status/{self.cid}/events")
+                if e.get("event") != "drift"]
 
     def wait_event(self, n: int, timeout: float = 15.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

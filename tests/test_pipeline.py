@@ -95,4 +95,10 @@ def test_daemon_forecasts_equal_keras_on_every_stream(
         have = np.array([m["forecast"] for m in mine], dtype=np.float64)
         assert np.max(np.abs(have - want)) < 1e-3, (name, np.max(np.abs(have - want)))
         assert mine[0]["model"] == manifest.model_id
+        # intervals from the first forecast: the trainer's split-conformal radii
+        lo_hi = np.array(mine[0]["intervals"]["0.8"])
+        seed = np.array(manifest.conformal["abs_quantiles"])[:, 0, :]  # [H, levels]
+        radius = [np.interp(0.8, manifest.conformal["levels"], row) for row in seed]
+        np.testing.assert_allclose((lo_hi[:, 1] - lo_hi[:, 0]) / 2, radius, rtol=1e-5)
+        assert np.all(lo_hi[:, 0] < have[0]) and np.all(have[0] < lo_hi[:, 1])
     assert daemon.stop() == 0

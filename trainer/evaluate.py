@@ -14,6 +14,26 @@ def seasonal_index(ts: np.ndarray, horizon: int, season: int) -> np.ndarray:
     return ts[:, None] + h + 1 - season * np.ceil((h + 1) / season).astype(int)
 
 
+CONFORMAL_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.975, 0.99)
+
+
+def conformal_seed(errors: np.ndarray) -> dict[str, Any]:
+    """Split-conformal radii from validation errors [n, H, K]: per horizon step and target, the
+    ceil((n+1)c)/n empirical quantile of |error| at each level c of CONFORMAL_LEVELS (the edge
+    interpolates between them), with the RMSE and MAE the edge scales its adaptation by."""
+    a = np.abs(np.asarray(errors, dtype=np.float64))
+    n = a.shape[0]
+    qs = [np.quantile(a, min(1.0, math.ceil((n + 1) * c) / n), axis=0, method="higher")
+          for c in CONFORMAL_LEVELS]
+    return {
+        "points": int(n),
+        "levels": list(CONFORMAL_LEVELS),
+        "abs_quantiles": np.stack(qs, axis=-1).tolist(),  # [H][K][levels]
+        "rmse": np.sqrt(np.mean(a**2, axis=0)).tolist(),  # [H][K]
+        "mae": np.mean(a, axis=0).tolist(),
+    }
+
+
 def regression_metrics(
     pred: np.ndarray,
     actual: np.ndarray,

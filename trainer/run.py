@@ -25,7 +25,12 @@ from trainer.batches import (
 from trainer.config import TrainConfig
 from trainer.data import Dataset, load_dataset, table_files
 from trainer.errors import TrainError
-from trainer.evaluate import classification_metrics, regression_metrics, seasonal_index
+from trainer.evaluate import (
+    classification_metrics,
+    conformal_seed,
+    regression_metrics,
+    seasonal_index,
+)
 from trainer.models import ModelShape, build_model, reset_states
 from trainer.select import (
     TOGGLE_MARGIN,
@@ -163,6 +168,10 @@ def train(cfg: TrainConfig, log: Log = print) -> dict[str, Any]:
         metrics["selection"] = _selection(cfg, task, segs, mode, test_min, seasons, tried,
                                           best, log)
     _verdict(metrics, log)
+    if task.kind == "regress":
+        errs = _val_errors(cfg, task, segs, model, mode, test_min, scaler)
+        if errs is not None and len(errs):
+            metrics["conformal"] = conformal_seed(errs)
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -347,9 +356,10 @@ def _shape(cfg: TrainConfig, ds: Dataset, task: Task, st: Structure | None) -> M
     )
 
 
-def _val_rmse(cfg: TrainConfig, task: Task, segs: list[Prepared], model: Any, mode: str,
-              min_history: int, scaler: Scaler) -> float | None:
-    """RMSE in target units on the validation origins, each segment run from its start."""
+def _val_errors(cfg: TrainConfig, task: Task, segs: list[Prepared], model: Any, mode: str,
+                min_history: int, scaler: Scaler) -> np.ndarray | None:
+    """Forecast minus actual at the validation origins, [n, H, K] in target units (each segment
+    run from its start); None without validation origins."""
     h = cfg.horizon
     per_seg = [origins(s, "val", h, min_history=min_history) for s in segs]
     if not any(len(ts) for ts in per_seg):
@@ -359,8 +369,15 @@ def _val_rmse(cfg: TrainConfig, task: Task, segs: list[Prepared], model: Any, mo
     for s, ts, out in zip(segs, per_seg, raw, strict=True):
         if len(ts) and out is not None:
             pred = _decode_at(task, s, out, ts, h, scaler)
-            errs.append((pred - targets_at(s.raw_y, ts, h)).ravel())
-    return rmse(np.concatenate(errs))
+            errs.append(pred - targets_at(s.raw_y, ts, h))
+    return np.concatenate(errs) if errs else None
+
+
+def _val_rmse(cfg: TrainConfig, task: Task, segs: list[Prepared], model: Any, mode: str,
+              min_history: int, scaler: Scaler) -> float | None:
+    """RMSE in target units on the validation origins, each segment run from its start."""
+    errs = _val_errors(cfg, task, segs, model, mode, min_history, scaler)
+    return rmse(errs.ravel()) if errs is not None else None
 
 
 def _selection(cfg: TrainConfig, task: Task, segs: list[Prepared], mode: str, min_history: int,

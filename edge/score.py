@@ -1,0 +1,654 @@
+"""The daemon scores its own forecasts: prediction intervals, rolling errors, a drift alarm.
+
+No I/O, numpy only: the Processor calls `Scorer.step_many` once per model step with the streams
+stepped together, the step's time, the observed values and the forecasts; it returns the interval
+radii to publish, which streams' scores are due and which drift alarms changed. Many streams are
+scored with array operations; one stream (a batch-1 graph) in plain Python floats, where numpy's
+cost per call would dominate — the same arithmetic, held equal by a test.
+
+Per stream and horizon step h (and target k):
+
+* Intervals: forecast ± q[h, k, c] for each coverage c. q starts at the trainer's split-conformal
+  radius (the ceil((n+1)c)/n quantile of |validation error|, manifest field `conformal`) and
+  follows the stream by quantile tracking, the P part of conformal PID control (Angelopoulos,
+  Candès & Tibshirani 2023): when the actual of a forecast made h+1 steps ago arrives,
+  q ← q + η·(miss − (1 − c)), miss = 1 if |error| exceeded the radius that forecast was
+  published with, η = lr × the trainer's validation RMSE at (h, k). O(1) memory and work per
+  update, and for any sequence the long-run miss rate is 1 − c within (B + η)/(ηT) (B bounds
+  the errors), so coverage holds under drift without keeping residuals.
+* Scores: exponentially weighted (half-life in periods) MAE and RMSE of the model, persistence
+  (the actual h+1 periods before the target) and seasonal naive (the actual one season before,
+  as many seasons back as needed), interval coverage and width — all from the same stream.
+* Drift alarm: once a stream has `min_scored` scored steps and is past the model's warm-up, a
+  period is "bad" when its rolling RMSE (mean over horizon steps and targets) exceeds its best
+  baseline's × `baseline_ratio` or the trainer's validation RMSE × `train_ratio`; `periods` bad
+  periods in a row raise the alarm, as many good ones clear it.
+
+Everything lives in one float64 vector per stream (`Layout`), kept by the state store as the
+extra named `EXTRA`: journaled, snapshotted, spilled and restored with the model state, so a
+restart continues exactly where an uninterrupted run would be. Its shape depends on the horizon,
+the targets, the coverages and the season: a model with another horizon starts scoring afresh.
+Two steps of a stream in one period (no grid) score once; the later forecast replaces the
+earlier one. The Prometheus totals (`Totals`) are per process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge.manifest import Manifest
+
+try:  # serialises numpy arrays directly, several times faster than the standard library
+    import orjson
+
+    def _dumps(value: Any) -> bytes:
+        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+except ImportError:  # pragma: no cover - the edge extra installs orjson
+
+    def _plain(value: Any) -> Any:
+        if isinstance(value, np.ndarray):
+            return [None if math.isnan(x) else x for x in value.tolist()] if value.ndim == 1 \
+                else [_plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: _plain(v) for k, v in value.items()}
+        return value
+
+    def _dumps(value: Any) -> bytes:
+        return json.dumps(_plain(value), separators=(",", ":")).encode()
+
+EXTRA = "score"
+MAX_SEASON = 2016  # longer seasons (in periods) are not kept for seasonal naive
+# meta fields
+STEPS, SCORED, BAD, GOOD, ALARM, LAST_PUB, LAST_EVAL, LAST_TAU = range(8)
+# per-stream rolling mean squares over all horizon steps and targets, with their weights
+MS_MODEL, MS_PERS, MS_SEAS, MW_MODEL, MW_PERS, MW_SEAS, N_META = range(8, 15)
+# columns of the rolling sums
+M_ABS, M_SQ, P_ABS, P_SQ, S_ABS, S_SQ = range(6)
+# weight columns
+W_MODEL, W_PERS, W_SEAS = range(3)
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """How the daemon scores itself (see EdgeConfig for the settings they come from)."""
+
+    intervals: tuple[float, ...] = (0.8, 0.95)
+    half_life: float = 48.0
+    lr: float = 0.05
+    every: float = 12.0
+    baseline_ratio: float = 1.0
+    train_ratio: float = 2.0
+    periods: int = 12
+    min_scored: int = 48
+
+
+class Layout:
+    """Where each part of a stream's scoring state lives in its float64 vector."""
+
+    def __init__(self, horizon: int, targets: int, coverages: int, history: int) -> None:
+        h, k, c, r = horizon, targets, coverages, history
+        self.h, self.k, self.c, self.r = h, k, c, r
+        self.m = 6 + 2 * c  # rolling sums: 6 error columns, then coverage and width per c
+        parts = {
+            "meta": (N_META,),
+            "orig": (h,),  # origin (period index) of the forecast in each slot, NaN: none
+            "fc": (h, h, k),  # forecasts waiting for their actuals, by slot
+            "rad": (h, h, k, c),  # the radii they were published with
+            "q": (h, k, c),  # the current radii
+            "sums": (h, k, self.m),
+            "wts": (h, 3),
+            "hist": (r, k),  # the last r actuals, by period index mod r
+            "hist_t": (r,),  # the period index each holds (NaN: none)
+        }
+        self.slices: dict[str, tuple[slice, tuple[int, ...]]] = {}
+        at = 0
+        for name, shape in parts.items():
+            size = int(np.prod(shape))
+            self.slices[name] = (slice(at, at + size), shape)
+            at += size
+        self.size = at
+
+    def view(self, mat: np.ndarray, name: str) -> np.ndarray:
+        """The named part of every row of `mat` ([n, size]) as a writable view [n, *shape]."""
+        sl, shape = self.slices[name]
+        return mat[:, sl].reshape(mat.shape[0], *shape)  # a view: splits the last axis only
+
+
+@dataclass
+class ScoreStep:
+    """What one `step_many` produced for the streams it was given (by position)."""
+
+    radii: np.ndarray | None  # [n, H, K, C] half-widths of the intervals just issued
+    due: list[int]  # streams whose score is due for publication
+    changed: list[tuple[int, bool]]  # (stream, alarm raised) for alarms raised or cleared
+    scored: int  # forecasts scored
+
+
+@dataclass
+class Totals:
+    """Scores summed over every stream since start, per horizon step (Prometheus counters)."""
+
+    scored: np.ndarray
+    abs_err: np.ndarray
+    sq_err: np.ndarray
+    base_n: np.ndarray  # [2, H] persistence, seasonal
+    base_abs: np.ndarray
+    base_sq: np.ndarray
+    covered: np.ndarray  # [C, H]
+    width: np.ndarray
+
+    @classmethod
+    def zeros(cls, h: int, c: int) -> Totals:
+        z = np.zeros
+        return cls(z(h), z(h), z(h), z((2, h)), z((2, h)), z((2, h)), z((c, h)), z((c, h)))
+
+
+class Scorer:
+    """Scores the forecasts of every stream of one model; built from its manifest."""
+
+    def __init__(self, manifest: Manifest, settings: ScoreSettings) -> None:
+        m = manifest
+        self.settings = settings
+        # a classifier is scored by its Brier score when its class can be told on the device:
+        # a numeric target among the features, split by the trainer's threshold (two classes)
+        threshold = (m.source or {}).get("threshold")
+        self.threshold = float(threshold) if m.task == "classify" and isinstance(
+            threshold, (int, float)) and len(m.classes or ()) == 2 else None
+        self.classify = m.task == "classify"
+        self.enabled = m.task == "regress" or self.threshold is not None
+        self.horizon = h = m.horizon
+        self.targets = m.targets or m.features[:1]
+        k = len(m.classes or ()) if self.classify else len(self.targets)
+        self.coverages = tuple(float(c) for c in settings.intervals) \
+            if m.task == "regress" else ()
+        self.alpha = np.array([1.0 - c for c in self.coverages])
+        # actuals: the targets among the features (others cannot be scored on the device)
+        self.target_idx = [m.features.index(t) if t in m.features else -1 for t in self.targets]
+        self.can_score = self.enabled and all(i >= 0 for i in self.target_idx)
+        if self.classify:
+            self.target_idx = self.target_idx[:1]
+        seasons = [int(s) for s in (m.structure or {}).get("seasons", []) if int(s) > 1]
+        self.season = seasons[0] if seasons and seasons[0] <= MAX_SEASON else None
+        s = self.season
+        history = max(h, s * math.ceil(h / s)) + 1 if s else h + 1
+        self.layout = Layout(h, k, len(self.coverages), history)
+        # targets are averaged; a classifier's squared errors are summed over its classes (Brier)
+        self._per_k = 1.0 if self.classify else 1.0 / k
+        self._off = {name: sl.start for name, (sl, _) in self.layout.slices.items()}
+        self.warmup = m.warmup
+        self.decay = 0.5 ** (1.0 / settings.half_life)
+        self.seeded, q0, self.scale, self.train_rmse = _seed(m.conformal, h, k, self.coverages)
+        self.template = np.zeros(self.layout.size)
+        t = self.template[None, :]
+        self.layout.view(t, "orig")[:] = np.nan
+        self.layout.view(t, "hist_t")[:] = np.nan
+        self.layout.view(t, "meta")[0, LAST_PUB] = np.nan
+        self.layout.view(t, "meta")[0, LAST_EVAL] = np.nan
+        self.layout.view(t, "meta")[0, LAST_TAU] = np.nan
+        self.layout.view(t, "q")[0] = q0
+        self.totals = Totals.zeros(h, len(self.coverages))
+        self.alarms: set[str] = set()  # streams in alarm (resident or not), for the gauge
+
+    # -- the one step ----------------------------------------------------------------------
+
+    def step_many(
+        self,
+        extras: Sequence[np.ndarray],
+        tau: np.ndarray,
+        values: np.ndarray,
+        y: np.ndarray,
+    ) -> ScoreStep:
+        """Score, then issue: `extras` are the streams' scoring vectors (updated in place),
+        `tau` their step times in periods (NaN without a frequency: steps are counted),
+        `values` [n, F] the observed features at tau, `y` [n, H, K] the forecasts made at tau.
+        The actual at tau scores the forecasts that targeted it, before the new forecasts get
+        their intervals."""
+        if len(extras) == 1:
+            return self._step_one(extras[0], float(tau[0]), values[0], y[0])
+        lay, n, h = self.layout, len(extras), self.horizon
+        mat = np.stack(extras)
+        meta = lay.view(mat, "meta")
+        tau = np.where(np.isnan(tau), meta[:, STEPS], np.rint(tau))
+        # a second step in the same period (no grid) re-issues in place and scores nothing
+        fresh = ~(tau <= meta[:, LAST_TAU])
+        meta[:, LAST_TAU] = np.where(fresh, tau, meta[:, LAST_TAU])
+        scored = 0
+        if self.can_score:
+            rows = np.nonzero(fresh)[0]
+            if len(rows):
+                actual = self._actual(values[rows])
+                scored = self._score(mat, rows, tau[rows], actual)
+                self._remember(mat, rows, tau[rows], actual)
+        # issue: the new forecasts take the slot of the oldest, which has just been scored
+        meta[:, STEPS] += fresh
+        slot = ((meta[:, STEPS] - 1) % h).astype(np.intp)
+        every = np.arange(n)
+        radii = None
+        if self.coverages:
+            radii = np.maximum(lay.view(mat, "q"), 0.0)
+            lay.view(mat, "rad")[every, slot] = radii
+        lay.view(mat, "fc")[every, slot] = y.reshape(n, h, -1)
+        issued = meta[:, STEPS] > self.warmup  # warm-up forecasts are not scored
+        lay.view(mat, "orig")[every, slot] = np.where(issued & self.can_score, tau, np.nan)
+        due, changed = self._periodic(mat, tau)
+        for x, row in zip(extras, mat, strict=True):
+            x[:] = row
+        return ScoreStep(radii, due, changed, scored)
+
+    def _step_one(self, x: np.ndarray, tau: float, values: np.ndarray, y: np.ndarray
+                  ) -> ScoreStep:
+        """`step_many` for one stream, in plain Python floats: numpy's cost per call dominates
+        at one stream (a batch-1 graph steps one at a time). The same arithmetic in the same
+        order; `test_one_stream_path_equals_the_vectorised_one` holds them together."""
+        o, h, k, c, r = self._off, self.horizon, self.layout.k, len(self.coverages), self.layout.r
+        s = self.settings
+        v = x.tolist()
+        mt = o["meta"]
+        tau = v[mt + STEPS] if math.isnan(tau) else float(round(tau))
+        last = v[mt + LAST_TAU]
+        fresh = not tau <= last
+        if fresh:
+            v[mt + LAST_TAU] = tau
+        scored = 0
+        if self.can_score and fresh:
+            actual = self._actual(values[None])[0].tolist()
+            nan = any(math.isnan(a) for a in actual)
+            if not nan:
+                scored = self._score_one(v, tau, actual)
+            pos = int(tau % r)
+            for kk in range(k):
+                v[o["hist"] + pos * k + kk] = actual[kk]
+            v[o["hist_t"] + pos] = math.nan if nan else tau
+        if fresh:
+            v[mt + STEPS] += 1.0
+        steps = v[mt + STEPS]
+        slot = int((steps - 1) % h)
+        radii = None
+        yf = y.reshape(-1).tolist()
+        if c:
+            q0, r0 = o["q"], o["rad"] + slot * h * k * c
+            rq = [max(qv, 0.0) for qv in v[q0 : q0 + h * k * c]]
+            v[r0 : r0 + h * k * c] = rq
+            radii = np.array(rq).reshape(1, h, k, c)
+        f0 = o["fc"] + slot * h * k
+        v[f0 : f0 + h * k] = yf
+        v[o["orig"] + slot] = tau if steps > self.warmup and self.can_score else math.nan
+        changed: list[tuple[int, bool]] = []
+        if self.can_score and not tau <= v[mt + LAST_EVAL]:
+            v[mt + LAST_EVAL] = tau
+            ready = v[mt + SCORED] >= s.min_scored and steps >= self.warmup
+            bad = ready and self._bad_one(v[mt : mt + N_META])
+            v[mt + BAD] = v[mt + BAD] + 1 if bad else 0.0
+            v[mt + GOOD] = 0.0 if bad else v[mt + GOOD] + 1
+            if v[mt + ALARM] <= 0 and v[mt + BAD] >= s.periods:
+                v[mt + ALARM] = 1.0
+                changed = [(0, True)]
+            elif v[mt + ALARM] > 0 and v[mt + GOOD] >= s.periods:
+                v[mt + ALARM] = 0.0
+                changed = [(0, False)]
+        due = []
+        if v[mt + SCORED] > 0 and not tau - v[mt + LAST_PUB] < s.every:
+            v[mt + LAST_PUB] = tau
+            due = [0]
+        x[:] = v
+        return ScoreStep(radii, due, changed, scored)
+
+    def _score_one(self, v: list[float], tau: float, actual: list[float]) -> int:
+        """`_score` for one stream on its vector as a list (see `_step_one`)."""
+        o, h, k, c, r = self._off, self.horizon, self.layout.k, len(self.coverages), self.layout.r
+        m, lam, per_k, t = self.layout.m, self.decay, self._per_k, self.totals
+        mt, sm, wt, lr = o["meta"], o["sums"], o["wts"], self.settings.lr
+        o_orig, o_fc, o_rad, o_q, o_hist, o_ht = (
+            o["orig"], o["fc"], o["rad"], o["q"], o["hist"], o["hist_t"])
+        alpha, scale_seed = self.alpha.tolist(), self.scale.tolist()
+        events = []
+        for slot in range(h):
+            ahead = tau - v[o_orig + slot]
+            if 1 <= ahead <= h:
+                events.append((slot, int(ahead - 1)))
+        if not events:
+            return 0
+        se_means: list[float] = []
+        base_means: tuple[list[float], list[float]] = ([], [])
+        for slot, hh in events:
+            f0 = o_fc + (slot * h + hh) * k
+            err = [v[f0 + kk] - actual[kk] for kk in range(k)]
+            ae = [abs(e) for e in err]
+            se = [e * e for e in err]
+            for kk in range(k):
+                b = sm + (hh * k + kk) * m
+                v[b + M_ABS] = v[b + M_ABS] * lam + ae[kk]
+                v[b + M_SQ] = v[b + M_SQ] * lam + se[kk]
+            w = wt + hh * 3
+            v[w + W_MODEL] = v[w + W_MODEL] * lam + 1.0
+            t.scored[hh] += 1.0
+            t.abs_err[hh] += sum(ae) * per_k
+            t.sq_err[hh] += sum(se) * per_k
+            se_means.append(sum(se) * per_k)
+            backs = [(hh + 1, P_ABS, W_PERS, 0)]
+            if self.season:
+                sl = self.season
+                backs.append((sl * math.ceil((hh + 1) / sl), S_ABS, W_SEAS, 1))
+            for back, col, wcol, row in backs:
+                when = tau - back
+                pos = int(when % r)
+                if v[o_ht + pos] != when:
+                    continue
+                be = [v[o_hist + pos * k + kk] - actual[kk] for kk in range(k)]
+                bae, bse = [abs(e) for e in be], [e * e for e in be]
+                for kk in range(k):
+                    b = sm + (hh * k + kk) * m
+                    v[b + col] = v[b + col] * lam + bae[kk]
+                    v[b + col + 1] = v[b + col + 1] * lam + bse[kk]
+                v[w + wcol] = v[w + wcol] * lam + 1.0
+                t.base_n[row, hh] += 1.0
+                t.base_abs[row, hh] += sum(bae) * per_k
+                t.base_sq[row, hh] += sum(bse) * per_k
+                base_means[row].append(sum(bse) * per_k)
+            if c:
+                for jc in range(c):
+                    hit = wid = 0.0
+                    for kk in range(k):
+                        rad = v[o_rad + ((slot * h + hh) * k + kk) * c + jc]
+                        miss = 1.0 if ae[kk] > rad else 0.0
+                        b = sm + (hh * k + kk) * m
+                        v[b + 6 + jc] = v[b + 6 + jc] * lam + (1.0 - miss)
+                        v[b + 6 + c + jc] = v[b + 6 + c + jc] * lam + 2.0 * rad
+                        hit += 1.0 - miss
+                        wid += 2.0 * rad
+                        scale = scale_seed[hh][kk] if self.seeded \
+                            else v[b + M_ABS] / v[w + W_MODEL]
+                        qi = o_q + (hh * k + kk) * c + jc
+                        v[qi] += lr * scale * (miss - alpha[jc])
+                    t.covered[jc, hh] += hit * per_k
+                    t.width[jc, hh] += wid * per_k
+            if hh == 0:
+                v[mt + SCORED] += 1.0
+        for vals, col, wcol in ((se_means, MS_MODEL, MW_MODEL),
+                                (base_means[0], MS_PERS, MW_PERS),
+                                (base_means[1], MS_SEAS, MW_SEAS)):
+            if vals:
+                mean = sum(vals) / len(vals)
+                v[mt + col] = v[mt + col] * lam + mean
+                v[mt + wcol] = v[mt + wcol] * lam + 1.0
+        return len(events)
+
+    def _actual(self, values: np.ndarray) -> np.ndarray:
+        """The actuals [n, K] from observed features [n, F]: the targets, or for a classifier
+        the one-hot class (above the threshold: the second class), NaN when missing."""
+        x = values[:, self.target_idx].astype(np.float64)
+        if self.threshold is None:
+            return x
+        above = (x[:, 0] > self.threshold).astype(np.float64)
+        out = np.stack([1.0 - above, above], axis=1)
+        out[np.isnan(x[:, 0])] = np.nan
+        return out
+
+    def _score(self, mat: np.ndarray, rows: np.ndarray, tau: np.ndarray,
+               actual: np.ndarray) -> int:
+        """Score the forecasts that targeted `tau` in streams `rows` (each stream once, and
+        each of its forecasts at a distinct origin, so every (stream, h) is hit at most once)."""
+        lay, h, s = self.layout, self.horizon, self.settings
+        orig = lay.view(mat, "orig")[rows]
+        ahead = tau[:, None] - orig  # NaN for empty slots
+        hit = (ahead >= 1) & (ahead <= h)
+        j, slot = np.nonzero(hit)
+        if not len(j):
+            return 0
+        hh = (ahead[j, slot] - 1).astype(np.intp)
+        a = actual[j]  # [m, K]
+        if np.isnan(a).any():
+            keep = ~np.isnan(a).any(axis=1)
+            j, slot, hh, a = j[keep], slot[keep], hh[keep], a[keep]
+            if not len(j):
+                return 0
+        i = rows[j]
+        err = lay.view(mat, "fc")[i, slot, hh] - a  # [m, K]
+        ae = np.abs(err)
+        se = err * err
+        sums, wts, lam = lay.view(mat, "sums"), lay.view(mat, "wts"), self.decay
+        m_sums = sums[i, hh]  # [m, K, M] (a copy: written back below)
+        m_sums[..., M_ABS] = m_sums[..., M_ABS] * lam + ae
+        m_sums[..., M_SQ] = m_sums[..., M_SQ] * lam + se
+        wts[i, hh, W_MODEL] = wts[i, hh, W_MODEL] * lam + 1.0
+        t, meta, nr = self.totals, lay.view(mat, "meta"), len(rows)
+        t.scored += np.bincount(hh, minlength=h)
+        t.abs_err += np.bincount(hh, ae.sum(axis=1) * self._per_k, minlength=h)
+        t.sq_err += np.bincount(hh, se.sum(axis=1) * self._per_k, minlength=h)
+        _ew(meta, rows, j, se.sum(axis=1) * self._per_k, MS_MODEL, MW_MODEL, lam, nr)
+        # baselines from the same stream's history (decayed only when they have a value)
+        hist, hist_t = lay.view(mat, "hist"), lay.view(mat, "hist_t")
+        r = lay.r
+        backs = [(hh + 1, P_ABS, W_PERS, 0)]
+        if self.season:
+            sl = self.season
+            backs.append((sl * np.ceil((hh + 1) / sl).astype(np.intp), S_ABS, W_SEAS, 1))
+        for back, col, wcol, row in backs:
+            when = tau[j] - back
+            pos = np.mod(when, r).astype(np.intp)
+            ok = hist_t[i, pos] == when
+            if not ok.any():
+                continue
+            be = hist[i[ok], pos[ok]] - a[ok]
+            bae, bse = np.abs(be), be * be
+            sub = m_sums[ok]
+            sub[..., col] = sub[..., col] * lam + bae
+            sub[..., col + 1] = sub[..., col + 1] * lam + bse
+            m_sums[ok] = sub
+            wts[i[ok], hh[ok], wcol] = wts[i[ok], hh[ok], wcol] * lam + 1.0
+            t.base_n[row] += np.bincount(hh[ok], minlength=h)
+            b_abs, b_sq = bae.sum(axis=1) * self._per_k, bse.sum(axis=1) * self._per_k
+            t.base_abs[row] += np.bincount(hh[ok], b_abs, minlength=h)
+            t.base_sq[row] += np.bincount(hh[ok], b_sq, minlength=h)
+            _ew(meta, rows, j[ok], b_sq, MS_PERS + row, MW_PERS + row, lam, nr)
+        # intervals: coverage of what was published, then quantile tracking
+        if self.coverages:
+            c = len(self.coverages)
+            rad = lay.view(mat, "rad")[i, slot, hh]  # [m, K, C]
+            miss = (ae[..., None] > rad).astype(np.float64)
+            m_sums[..., 6 : 6 + c] = m_sums[..., 6 : 6 + c] * lam + (1.0 - miss)
+            m_sums[..., 6 + c : 6 + 2 * c] = m_sums[..., 6 + c : 6 + 2 * c] * lam + 2.0 * rad
+            hit_k = (1.0 - miss).sum(axis=1) * self._per_k  # [m, C]
+            wid_k = 2.0 * rad.sum(axis=1) * self._per_k
+            for jc in range(c):
+                t.covered[jc] += np.bincount(hh, hit_k[:, jc], minlength=h)
+                t.width[jc] += np.bincount(hh, wid_k[:, jc], minlength=h)
+            if self.seeded:
+                scale = self.scale[hh]  # [m, K]
+            else:  # no trainer seed: the stream's own rolling MAE at that step
+                scale = m_sums[..., M_ABS] / wts[i, hh, W_MODEL][:, None]
+            q = lay.view(mat, "q")
+            q[i, hh] += s.lr * scale[..., None] * (miss - self.alpha)
+        sums[i, hh] = m_sums
+        meta[rows[j[hh == 0]], SCORED] += 1.0
+        return len(i)
+
+    def _remember(self, mat: np.ndarray, rows: np.ndarray, tau: np.ndarray,
+                  actual: np.ndarray) -> None:
+        """Keep the actual at tau for the baselines of later steps."""
+        lay = self.layout
+        pos = np.mod(tau, lay.r).astype(np.intp)
+        lay.view(mat, "hist")[rows, pos] = actual
+        lay.view(mat, "hist_t")[rows, pos] = np.where(np.isnan(actual).any(axis=1), np.nan, tau)
+
+    def _periodic(
+        self, mat: np.ndarray, tau: np.ndarray
+    ) -> tuple[list[int], list[tuple[int, bool]]]:
+        """Once per period: the drift alarm's count; which streams' scores are due."""
+        lay, s = self.layout, self.settings
+        meta = lay.view(mat, "meta")
+        new = ~(tau <= meta[:, LAST_EVAL])  # NaN (never) counts as new
+        changed: list[tuple[int, bool]] = []
+        if self.can_score and new.any():
+            meta[new, LAST_EVAL] = tau[new]
+            idx = np.nonzero(new)[0]
+            ready = (meta[idx, SCORED] >= s.min_scored) & (meta[idx, STEPS] >= self.warmup)
+            bad = ready & self._bad(meta[idx])
+            good = ~bad
+            meta[idx, BAD] = np.where(bad, meta[idx, BAD] + 1, 0)
+            meta[idx, GOOD] = np.where(good, meta[idx, GOOD] + 1, 0)
+            alarm = meta[idx, ALARM] > 0
+            up = ~alarm & (meta[idx, BAD] >= s.periods)
+            down = alarm & (meta[idx, GOOD] >= s.periods)
+            meta[idx[up], ALARM] = 1.0
+            meta[idx[down], ALARM] = 0.0
+            changed = [(int(j), True) for j in idx[up]] + [(int(j), False) for j in idx[down]]
+        last = meta[:, LAST_PUB]
+        due_mask = (meta[:, SCORED] > 0) & ~(tau - last < s.every)
+        meta[due_mask, LAST_PUB] = tau[due_mask]
+        return np.nonzero(due_mask)[0].tolist(), changed
+
+    def _bad(self, meta: np.ndarray) -> np.ndarray:
+        """Per stream: rolling RMSE above the best baseline's or the trainer's (× ratio)."""
+        model, base = self._rmse(meta)
+        best = np.where(np.isnan(base), np.inf, base).min(axis=1)
+        with np.errstate(invalid="ignore"):
+            bad = np.isfinite(best) & (model > best * self.settings.baseline_ratio)
+            if self.train_rmse is not None:
+                bad |= model > self.train_rmse * self.settings.train_ratio
+        return bad
+
+    def _bad_one(self, meta: list[float]) -> bool:
+        """`_bad` for one stream's meta as a list."""
+        rmse = [math.sqrt(meta[ms] / meta[mw]) if meta[mw] > 0 else math.nan
+                for ms, mw in ((MS_MODEL, MW_MODEL), (MS_PERS, MW_PERS), (MS_SEAS, MW_SEAS))]
+        model = rmse[0]
+        best = min((b for b in rmse[1:] if not math.isnan(b)), default=math.inf)
+        bad = math.isfinite(best) and model > best * self.settings.baseline_ratio
+        if self.train_rmse is not None:
+            bad = bad or model > self.train_rmse * self.settings.train_ratio
+        return bad
+
+    @staticmethod
+    def _rmse(meta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rolling RMSE over all horizon steps and targets of the model [n] and of persistence
+        and seasonal naive [n, 2] (NaN: not yet scored), from the streams' meta [n, N_META]."""
+        w = meta[:, MW_MODEL : MW_SEAS + 1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.where(w > 0, np.sqrt(meta[:, MS_MODEL : MS_SEAS + 1] / w), np.nan)
+        return r[:, 0], r[:, 1:]
+
+    # -- reading the figures -------------------------------------------------------------------
+
+    def figures(self, extras: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """The streams' rolling figures per horizon step (targets averaged), NaN where nothing
+        was scored yet: arrays [n, H] (coverage and width [n, C, H])."""
+        lay = self.layout
+        mat = np.stack(extras)
+        sums = lay.view(mat, "sums").sum(axis=2) * self._per_k  # [n, H, M]
+        wts = lay.view(mat, "wts")  # [n, H, 3]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            def ratio(col: int, wcol: int) -> np.ndarray:
+                w = wts[:, :, wcol]
+                return np.where(w > 0, sums[:, :, col] / np.where(w > 0, w, 1.0), np.nan)
+
+            if self.classify:  # Brier scores; persistence: the class now, as a certainty
+                out = {"brier": ratio(M_SQ, W_MODEL), "persistence_brier": ratio(P_SQ, W_PERS)}
+                if self.season:
+                    out["seasonal_brier"] = ratio(S_SQ, W_SEAS)
+            else:
+                out = {
+                    "mae": ratio(M_ABS, W_MODEL), "rmse": np.sqrt(ratio(M_SQ, W_MODEL)),
+                    "persistence_mae": ratio(P_ABS, W_PERS),
+                    "persistence_rmse": np.sqrt(ratio(P_SQ, W_PERS)),
+                }
+            if self.season and not self.classify:
+                out["seasonal_mae"] = ratio(S_ABS, W_SEAS)
+                out["seasonal_rmse"] = np.sqrt(ratio(S_SQ, W_SEAS))
+            c = len(self.coverages)
+            if c:
+                out["coverage"] = np.stack([ratio(6 + j, W_MODEL) for j in range(c)], axis=1)
+                out["width"] = np.stack([ratio(6 + c + j, W_MODEL) for j in range(c)], axis=1)
+        meta = lay.view(mat, "meta")
+        out["scored"], out["alarm"] = meta[:, SCORED], meta[:, ALARM]
+        return out
+
+    def summary(self, extra: np.ndarray) -> dict[str, Any]:
+        """One stream's rolling figures, JSON-ready (None where nothing was scored yet)."""
+        return json.loads(self.payloads(["-"], [None], "", [extra])[0])
+
+    def payloads(self, streams: Sequence[str], ts: Sequence[Any], model_id: str,
+                 extras: Sequence[np.ndarray]) -> list[bytes]:
+        """The retained score documents of these streams (see the README for the fields)."""
+        f = self.figures(extras)
+        keys = [k for k in f if k not in ("scored", "alarm", "coverage", "width")]
+        rounded = {k: np.round(f[k], 6) for k in [*keys, "coverage", "width"] if k in f}
+        cov = [_key(c) for c in self.coverages]
+        out = []
+        for i, (stream, t) in enumerate(zip(streams, ts, strict=True)):
+            doc: dict[str, Any] = {"stream": stream, "ts": t, "model": model_id,
+                                   "half_life": self.settings.half_life,
+                                   "scored": int(f["scored"][i]), "alarm": bool(f["alarm"][i])}
+            for k in keys:
+                doc[k] = rounded[k][i]
+            if self.season:
+                doc["season"] = self.season
+            if cov:
+                doc["coverage"] = {c: rounded["coverage"][i, j] for j, c in enumerate(cov)}
+                doc["width"] = {c: rounded["width"][i, j] for j, c in enumerate(cov)}
+            out.append(_dumps(doc))
+        return out
+
+    def alarm_of(self, extra: np.ndarray) -> bool:
+        return bool(extra[self.layout.slices["meta"][0]][ALARM])
+
+    def intervals_many(self, y: np.ndarray, radii: np.ndarray) -> list[bytes]:
+        """The `"intervals"` member of each prediction (`y` [n, H, K], `radii` [n, H, K, C]): per
+        coverage, [lo, hi] per horizon step (one target) or per step and target ([H][K][2])."""
+        n, h = radii.shape[:2]
+        cov = [_key(c) for c in self.coverages]
+        if n == 1 and radii.shape[2] == 1:  # one stream, one target: plain floats are faster
+            yf, rq = y.reshape(-1).tolist(), radii[0, :, 0, :].tolist()
+            return [_dumps({c: [[round(f - r[j], 6), round(f + r[j], 6)]
+                                for f, r in zip(yf, rq, strict=True)]
+                            for j, c in enumerate(cov)})]
+        y = y.reshape(n, h, -1, 1)
+        lohi = np.round(np.stack([y - radii, y + radii], axis=-1), 6)  # [n, H, K, C, 2]
+        lohi = np.moveaxis(lohi, 3, 1)  # [n, C, H, K, 2]
+        if lohi.shape[3] == 1:
+            lohi = lohi[:, :, :, 0]  # [n, C, H, 2]
+        lohi = np.ascontiguousarray(lohi)  # orjson writes C-contiguous arrays only
+        return [_dumps({c: lohi[i, j] for j, c in enumerate(cov)}) for i in range(n)]
+
+
+def _ew(meta: np.ndarray, rows: np.ndarray, j: np.ndarray, values: np.ndarray, col: int,
+        wcol: int, lam: float, n: int) -> None:
+    """Fold each stream's mean of `values` (grouped by `j`, positions in `rows`) into its
+    exponentially weighted column `col` (weight in `wcol`)."""
+    count = np.bincount(j, minlength=n)
+    has = count > 0
+    mean = np.bincount(j, values, minlength=n)[has] / count[has]
+    r = rows[has]
+    meta[r, col] = meta[r, col] * lam + mean
+    meta[r, wcol] = meta[r, wcol] * lam + 1.0
+
+
+def _key(c: float) -> str:
+    return f"{c:g}"
+
+
+def _seed(conformal: dict[str, Any], h: int, k: int, coverages: tuple[float, ...]
+          ) -> tuple[bool, np.ndarray, np.ndarray, float | None]:
+    """(seeded, q0 [H, K, C], scale [H, K], training RMSE) from the manifest's `conformal`
+    field; unseeded (zero radii that learn from the stream) when absent or of another shape."""
+    zero = np.zeros((h, k, len(coverages)))
+    try:
+        levels = np.asarray(conformal["levels"], dtype=np.float64)
+        qs = np.asarray(conformal["abs_quantiles"], dtype=np.float64)
+        rmse = np.asarray(conformal["rmse"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError):
+        return False, zero, np.ones((h, k)), None
+    if qs.shape != (h, k, len(levels)) or rmse.shape != (h, k) or len(levels) < 2:
+        return False, zero, np.ones((h, k)), None
+    rows = qs.reshape(-1, len(levels))
+    q0 = zero.copy()
+    for j, c in enumerate(coverages):
+        q0[..., j] = np.array([np.interp(c, levels, row) for row in rows]).reshape(h, k)
+    train = float(np.sqrt(np.mean(rmse**2)))
+    return True, q0, np.maximum(rmse, 1e-12), train
