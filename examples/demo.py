@@ -73,7 +73,7 @@ def main() -> int:
          "(statecast-train)")
     run([str(BIN / "statecast-train"), "--data", str(DATA), "--time-col", "date",
          "--target", "temp", "--horizon", "6", "--season", "24", "--epochs", str(args.epochs),
-         "--quiet", "--out", str(run_dir)])
+         "--unit", "°F", "--device-class", "temperature", "--quiet", "--out", str(run_dir)])
 
     step("2/4 export a batch-1 ONNX step graph with explicit state (statecast-export)")
     run([str(BIN / "statecast-export"), str(run_dir), "--out", str(model)])
@@ -90,6 +90,7 @@ def main() -> int:
         str(BIN / "statecast-edge"), "--model", str(model), "--broker", broker.url,
         "--subscribe", "sensors/+/temp", "--publish", "forecasts/{stream}",
         "--client-id", CLIENT_ID, "--state-dir", str(out / "state"), "--qos", "1",
+        "--ha-discovery", "homeassistant",
     ])
     inbox: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
     sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="statecast-demo-viewer")
@@ -100,7 +101,9 @@ def main() -> int:
     sub.connect(broker.host, broker.port)
     sub.loop_start()
     try:
-        return _live(args, broker.url, inbox, out)
+        code = _live(args, broker.url, inbox, out)
+        _show_discovery(broker.host, broker.port)
+        return code
     finally:
         daemon.send_signal(signal.SIGTERM)
         try:
@@ -217,6 +220,25 @@ def _live(args: argparse.Namespace, url: str, inbox: queue.Queue[tuple[str, dict
     _plot(rows, actual, out / "forecast.png")
     print(f"plot: {out / 'forecast.png'}")
     return 0 if got == live and errors == 0 else 1
+
+
+def _show_discovery(host: str, port: int) -> None:
+    """What a Home Assistant on this broker would pick up: the retained discovery configs."""
+    configs: dict[str, dict[str, Any]] = {}
+    viewer = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="statecast-demo-ha")
+    viewer.on_connect = lambda c, *_: c.subscribe("homeassistant/#", 1)
+    viewer.on_message = lambda _c, _u, m: configs.__setitem__(m.topic, json.loads(m.payload))
+    viewer.connect(host, port)
+    viewer.loop_start()
+    time.sleep(1.0)  # retained messages arrive at once
+    viewer.loop_stop()
+    viewer.disconnect()
+    print("\nHome Assistant discovery (retained; point HA's MQTT integration at this broker and "
+          "these entities appear):")
+    for topic, cfg in sorted(configs.items()):
+        name = cfg.get("name", cfg.get("dev", {}).get("name", ""))
+        unit = cfg.get("unit_of_measurement", cfg.get("unit_of_meas", ""))
+        print(f"  {topic}  ->  {name!r} {unit}")
 
 
 def _mean(values: list[float]) -> float:
