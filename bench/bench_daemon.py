@@ -265,6 +265,8 @@ def main() -> int:
                    "largest --streams and QoS 0, alternated ROUNDS times")
     p.add_argument("--scoring-flags", default="", metavar="'FLAGS'", help="with --scoring-cost: "
                    "extra daemon flags for the run with scoring, e.g. '--score-every 6'")
+    p.add_argument("--record-cost", type=int, metavar="ROUNDS", help="only measure what "
+                   "--record costs, the same way")
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/daemon.json")
     args = p.parse_args()
     binary = find_mosquitto()
@@ -287,7 +289,14 @@ def main() -> int:
         broker.start()
         if args.scoring_cost:
             try:
-                return scoring_cost(args, lstm, broker.port, extra)
+                return ab_cost(args, lstm, broker.port, extra, "scoring", args.scoring_cost,
+                               args.scoring_flags.split(), ["--no-scoring"])
+            finally:
+                broker.stop()
+        if args.record_cost:
+            try:
+                return ab_cost(args, lstm, broker.port, extra, "record", args.record_cost,
+                               ["--record", str(d / "record")], [])
             finally:
                 broker.stop()
         try:
@@ -373,29 +382,28 @@ def finish(results: dict[str, Any], path: Path) -> int:
     return 0
 
 
-def scoring_cost(args: argparse.Namespace, model: Path, port: int, extra: list[str]) -> int:
-    """Throughput with and without self-scoring, alternated; prints and writes the ratio."""
+def ab_cost(args: argparse.Namespace, model: Path, port: int, extra: list[str], what: str,
+            rounds: int, on: list[str], off: list[str]) -> int:
+    """Throughput with and without a feature (`on` / `off` daemon flags), alternated; prints
+    and writes the ratio to daemon-<what>.json."""
     s = max(int(v) for v in args.streams.split(","))
-    runs: dict[str, list[float]] = {"scoring": [], "no_scoring": []}
-    for k in range(args.scoring_cost):
-        for name, flags in (("scoring", args.scoring_flags.split()),
-                            ("no_scoring", ["--no-scoring"])):
-            r = throughput(model, port, f"c{k}{name[:2]}", s, 0, args.seconds, args.window,
-                           extra + flags)
+    runs: dict[str, list[float]] = {"with": [], "without": []}
+    for k in range(rounds):
+        for name, flags in (("with", on), ("without", off)):
+            r = throughput(model, port, f"c{k}{what[:2]}{name[:2]}", s, 0, args.seconds,
+                           args.window, extra + flags)
             runs[name].append(r["obs_per_s"])
-            print(f"  {s} streams QoS 0 {name}: {r['obs_per_s']:,.0f} obs/s (lost {r['lost']})",
-                  file=sys.stderr)
-    on, off = float(np.median(runs["scoring"])), float(np.median(runs["no_scoring"]))
-    print(f"\nself-scoring cost {args.scoring_flags}, {s} streams, QoS 0 (median of "
-          f"{args.scoring_cost} alternated "
-          f"runs of {args.seconds:g} s): {on:,.0f} obs/s with, {off:,.0f} without: "
-          f"{1 - on / off:+.1%} throughput lost")
-    out = args.out.with_name("daemon-scoring.json") if args.out.name == "daemon.json" \
+            print(f"  {s} streams QoS 0 {name} {what}: {r['obs_per_s']:,.0f} obs/s "
+                  f"(lost {r['lost']})", file=sys.stderr)
+    a, b = float(np.median(runs["with"])), float(np.median(runs["without"]))
+    print(f"\n{what} cost {' '.join(on)}, {s} streams, QoS 0 (median of {rounds} alternated "
+          f"runs of {args.seconds:g} s): {a:,.0f} obs/s with, {b:,.0f} without: "
+          f"{1 - a / b:+.1%} throughput lost")
+    out = args.out.with_name(f"daemon-{what}.json") if args.out.name == "daemon.json" \
         else args.out
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"streams": s, "qos": 0, "flags": args.scoring_flags,
-                               "runs": runs, "scoring_obs_per_s": on,
-                               "no_scoring_obs_per_s": off, "cost": 1 - on / off,
+    out.write_text(json.dumps({"streams": s, "qos": 0, "flags": on, "runs": runs,
+                               "with_obs_per_s": a, "without_obs_per_s": b, "cost": 1 - a / b,
                                "load": os.getloadavg()}, indent=2))
     print(f"wrote {out}")
     return 0
