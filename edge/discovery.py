@@ -115,6 +115,12 @@ class Discovery:
             '"model": value_json.model',
             f'"step": {step}',
         ]
+        if m.task != "classify" and self.config.scoring:
+            for c in self.config.intervals:  # the step's interval, [lo, hi], per coverage
+                pick = f"[{i}][{k}]" if target is not None else f"[{i}]"
+                attrs.append(f'"interval_{round(c * 100):d}": (value_json.intervals'
+                             f'[{_literal(f"{c:g}")}]{pick} if value_json.intervals is defined '
+                             'else none)')
         if target is not None:
             value = f"{{{{ value_json.forecast[{i}][{k}] }}}}"
             attrs.append(f'"target": {_literal(target)}')

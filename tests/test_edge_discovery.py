@@ -18,7 +18,7 @@ from edge.config import EdgeConfig
 from edge.discovery import Discovery, safe_id
 from edge.manifest import Manifest
 from edge.model import StepModel
-from edge.service import load_model
+from edge.service import Processor, load_model
 
 # Home Assistant's MQTT sensor schema (https://www.home-assistant.io/integrations/sensor.mqtt/,
 # and the discovery abbreviations of homeassistant/components/mqtt/abbreviations.py).
@@ -79,19 +79,32 @@ def render(template: str, payload: bytes) -> str:
 
 
 def forecasts(model: Path, manifest: Manifest, n: int = 3) -> list[bytes]:
-    """Forecast payloads from the real graph and the real Encoder."""
-    sm = StepModel(model)
+    """Forecast payloads as the daemon publishes them: the real graph through the real
+    Processor (so with its intervals); classifiers (whose class names a test may replace in
+    `manifest`) through the real Encoder."""
     cfg = EdgeConfig(model=str(model), subscribe=("s/+/v",), client_id="t")
-    _, freq = load_model(cfg)
-    dec = Decoder(manifest.features)
-    enc = Encoder(manifest, freq)
-    state = sm.zero_state()
-    out = []
+    sm, freq = load_model(cfg)
+    out: list[bytes] = []
+    if manifest.task == "classify":
+        dec, enc, state = Decoder(manifest.features), Encoder(manifest, freq), sm.zero_state()
+        for i in range(n):
+            obs = dec.decode(json.dumps({"ts": f"2010-03-01T0{i}:00:00",
+                                         **{f: 45.0 + i for f in manifest.features}}).encode())
+            y, state = sm.step(obs.values, state)
+            out.append(enc.prediction("kitchen", obs, y))
+        return out
+
+    def publish(topic: str, payload: bytes, qos: int) -> bool:
+        if topic.startswith("forecasts/"):
+            out.append(payload)
+        return True
+
+    proc = Processor(cfg, sm, freq, publish)
     for i in range(n):
-        obs = dec.decode(json.dumps({"ts": f"2010-03-01T0{i}:00:00",
-                                     **{f: 45.0 + i for f in manifest.features}}).encode())
-        y, state = sm.step(obs.values, state)
-        out.append(enc.prediction("kitchen", obs, y))
+        proc.handle("s/kitchen/v", json.dumps({"ts": f"2010-03-01T0{i}:00:00",
+                                               **{f: 45.0 + i for f in manifest.features}})
+                    .encode())
+    assert len(out) == n
     return out
 
 
@@ -128,7 +141,9 @@ def test_regression_configs_render_on_real_forecasts(models: dict[str, Path]) ->
                 sent["forecast"][step - 1], abs=1e-9)
             attrs = json.loads(render(doc["json_attributes_template"], payload))
             assert attrs == {"at": sent["at"][step - 1], "observed": sent["ts"],
-                             "model": manifest.model_id, "step": step}
+                             "model": manifest.model_id, "step": step,
+                             "interval_80": sent["intervals"]["0.8"][step - 1],
+                             "interval_95": sent["intervals"]["0.95"][step - 1]}
 
 
 def test_steps_and_unique_ids(models: dict[str, Path]) -> None:
@@ -158,6 +173,7 @@ def test_multi_target_gets_one_entity_per_target(models: dict[str, Path]) -> Non
         attrs = json.loads(render(doc["json_attributes_template"], payload))
         assert attrs["target"] == manifest.targets[k]
         assert attrs["at"] == sent["at"][0]
+        assert attrs["interval_80"] == sent["intervals"]["0.8"][0][k]
 
 
 @pytest.mark.parametrize(("horizon", "classes"), [
@@ -204,8 +220,9 @@ def test_forecast_payload_shape_is_what_the_templates_read(models: dict[str, Pat
     _, manifest = discovery(models["step"])
     payload = forecasts(models["step"], manifest, 1)[0]
     doc = json.loads(payload)
-    assert set(doc) == {"stream", "ts", "forecast", "at", "model"}
+    assert set(doc) == {"stream", "ts", "forecast", "at", "model", "intervals"}
     assert np.asarray(doc["forecast"]).shape == (manifest.horizon,)
+    assert np.asarray(doc["intervals"]["0.8"]).shape == (manifest.horizon, 2)
 
 
 def test_settings_from_toml_and_flags(models: dict[str, Path], tmp_path: Path) -> None:
