@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import io
 import json
 import logging
 import math
@@ -69,6 +70,13 @@ LOG_EVERY = 60.0
 _STOP = object()
 
 
+def _csv_field(text: str) -> str:
+    """`text` as one CSV field, quoted as the csv module quotes it."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="").writerow([text])
+    return buf.getvalue()
+
+
 class Recorder:
     """Appends observations to ``DIR/YYYY-MM-DD.csv``; see the module docstring."""
 
@@ -91,19 +99,34 @@ class Recorder:
         self._open_days: OrderedDict[str, tuple[IO[str], Any]] = OrderedDict()
         self._day: str | None = None
         self._writer: Any = None
+        self._fh: IO[str] | None = None
         self._dirty: set[str] = set()
+        self._stamps: dict[float, tuple[str, str]] = {}  # epoch seconds -> (day, ISO text)
+        self._fields: dict[str, str] = {}  # stream id -> its CSV field (quoted when it must be)
         self._last_sync = time.monotonic()
 
     def append_one(self, stream: str, obs: Observation) -> None:
         """Write one row (buffered; `sync` makes it durable)."""
-        ts = obs.ts
-        if ts.tzinfo is not None:
-            ts = ts.astimezone(timezone.utc).replace(tzinfo=None)
-        day = f"{ts.year:04d}-{ts.month:02d}-{ts.day:02d}"
+        stamp = self._stamps.get(obs.t)  # a fleet's streams share their timestamps
+        if stamp is None:
+            ts = obs.ts
+            if ts.tzinfo is not None:
+                ts = ts.astimezone(timezone.utc).replace(tzinfo=None)
+            stamp = (f"{ts.year:04d}-{ts.month:02d}-{ts.day:02d}",
+                     ts.isoformat(timespec="milliseconds"))
+            if len(self._stamps) >= 4096:
+                self._stamps.clear()
+            self._stamps[obs.t] = stamp
+        day, text = stamp
         if day != self._day:
             self._use(day)
-        self._writer.writerow([ts.isoformat(timespec="milliseconds"), stream,
-                               *(str(v) for v in obs.values)])
+        field = self._fields.get(stream)
+        if field is None:
+            field = self._fields[stream] = _csv_field(stream)
+            if len(self._fields) > 100_000:
+                self._fields.clear()
+        assert self._fh is not None
+        self._fh.write(f"{text},{field},{','.join([str(v) for v in obs.values])}\n")
         self._dirty.add(day)
         self.rows += 1
 
@@ -133,7 +156,7 @@ class Recorder:
                 fh.close()
             self._open_days.clear()
             self._day = None
-            self._writer = None
+            self._fh = self._writer = None
 
     def path(self, day: str) -> Path:
         return self.directory / f"{day}.csv"
@@ -182,7 +205,7 @@ class Recorder:
         else:
             self._open_days.move_to_end(day)
         self._day = day
-        self._writer = entry[1]
+        self._fh, self._writer = entry
 
     def _open(self, day: str) -> tuple[IO[str], Any]:
         """Open `day`'s file for appending: cut a torn tail, check the header (or write it into
