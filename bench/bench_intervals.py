@@ -104,8 +104,12 @@ def tail_table(rec: Recorder, values: np.ndarray, start: int, end: int, h: int,
     """Per horizon step over forecasts made at origins [start, end - h): errors, adaptive and
     static intervals."""
     rows = []
+    end = min(end, len(values))
     for k in range(h):
         origins = [i for i in range(start, end - h) if i in rec.forecasts]
+        if not origins:  # a window past the end of a short series
+            rows.append({"h": k + 1, "n": 0})
+            continue
         f = np.array([rec.forecasts[i]["forecast"][k] for i in origins])
         y = values[np.array(origins) + k + 1]
         e = f - y
@@ -161,7 +165,7 @@ def main() -> int:
     t0, t1 = rec.totals0, rec.totals1
     live_rmse = float(np.sqrt((t1["sq_err"] - t0["sq_err"]).sum()
                               / (t1["scored"] - t0["scored"]).sum()))
-    result: dict[str, Any] = {"data": str(args.data.relative_to(ROOT)), "rows": n,
+    result: dict[str, Any] = {"data": str(args.data.resolve().relative_to(ROOT)), "rows": n,
                               "settings": settings,
                               "tail_start": start, "horizon": h, "season": season,
                               "trainer": {"rmse": metrics["rmse"],
@@ -216,7 +220,10 @@ def report(r: dict[str, Any]) -> None:
           f"the shift, raised?) {ls['events']}; alarms before it: {ls['alarms_before_shift']}")
     for name in ("first_two_seasons", "seasons_2_to_4", "from_2_seasons_to_end"):
         covs = [(row["0.8"]["coverage"], row["0.95"]["coverage"]) for row in
-                ls[name]["horizon"]]
+                ls[name]["horizon"] if row["n"]]
+        if not covs:
+            print(f"  coverage {name.replace('_', ' ')}: no forecasts (the series is too short)")
+            continue
         print(f"  coverage {name.replace('_', ' ')}: 80 % "
               + " ".join(f"{a:.0%}" for a, _ in covs) + "; 95 % "
               + " ".join(f"{b:.0%}" for _, b in covs))
