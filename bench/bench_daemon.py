@@ -388,21 +388,25 @@ def ab_cost(args: argparse.Namespace, model: Path, port: int, extra: list[str], 
     and writes the ratio to daemon-<what>.json."""
     s = max(int(v) for v in args.streams.split(","))
     runs: dict[str, list[float]] = {"with": [], "without": []}
+    rss: dict[str, list[float]] = {"with": [], "without": []}
     for k in range(rounds):
         for name, flags in (("with", on), ("without", off)):
             r = throughput(model, port, f"c{k}{what[:2]}{name[:2]}", s, 0, args.seconds,
                            args.window, extra + flags)
             runs[name].append(r["obs_per_s"])
+            rss[name].append(r["rss_mib"])
             print(f"  {s} streams QoS 0 {name} {what}: {r['obs_per_s']:,.0f} obs/s "
-                  f"(lost {r['lost']})", file=sys.stderr)
+                  f"(lost {r['lost']}, RSS {r['rss_mib']:.1f} MiB)", file=sys.stderr)
     a, b = float(np.median(runs["with"])), float(np.median(runs["without"]))
+    ra, rb = float(np.median(rss["with"])), float(np.median(rss["without"]))
     print(f"\n{what} cost {' '.join(on)}, {s} streams, QoS 0 (median of {rounds} alternated "
           f"runs of {args.seconds:g} s): {a:,.0f} obs/s with, {b:,.0f} without: "
-          f"{1 - a / b:+.1%} throughput lost")
+          f"{1 - a / b:+.1%} throughput lost; RSS {ra:.1f} MiB with, {rb:.1f} without "
+          f"({ra / rb - 1:+.1%})")
     out = args.out.with_name(f"daemon-{what}.json") if args.out.name == "daemon.json" \
         else args.out
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"streams": s, "qos": 0, "flags": on, "runs": runs,
+    out.write_text(json.dumps({"streams": s, "qos": 0, "flags": on, "runs": runs, "rss_mib": rss,
                                "with_obs_per_s": a, "without_obs_per_s": b, "cost": 1 - a / b,
                                "load": os.getloadavg()}, indent=2))
     print(f"wrote {out}")
