@@ -322,3 +322,30 @@ def test_record_at_qos_0_syncs_within_seconds(
     assert len(data_rows(out)) == 3
     pub.loop_stop()
     pub.disconnect()
+
+
+def test_record_reads_timestamps_like_the_daemon(tmp_path: Path) -> None:
+    """`--ts-field` and `--ts arrival` reach the recorder's decoder: a Tasmota payload keeps its
+    own time, a zigbee2mqtt payload (no time) is stamped on arrival; without them both are
+    refused as the daemon refuses them."""
+    from edge.codec import PayloadError
+    from edge.record import RecordService, build_parser, config_from_args
+
+    tasmota = b'{"Time": "2026-03-01T10:00:00", "DS18B20": {"Temperature": 21.5}}'
+    zigbee = b'{"temperature": 21.5, "humidity": 40, "linkquality": 100}'
+    base = ["--subscribe", "s/+/temp", "--features", "temp", "--out", str(tmp_path / "rec")]
+    toml = tmp_path / "edge.toml"
+    toml.write_text('[field_map]\ntemp = "DS18B20.Temperature"\n')
+    cfg, features = config_from_args(build_parser().parse_args(
+        [*base, "--config", str(toml), "--ts-field", "Time"]))
+    obs = RecordService(cfg, features).decoder.decode(tasmota)
+    assert obs.ts == datetime(2026, 3, 1, 10, 0) and obs.values.tolist() == [21.5]
+    toml.write_text('[field_map]\ntemp = "temperature"\n')
+    cfg, features = config_from_args(build_parser().parse_args(
+        [*base, "--config", str(toml), "--ts", "arrival"]))
+    before = datetime.now(timezone.utc)
+    obs = RecordService(cfg, features).decoder.decode(zigbee)
+    assert obs.ts >= before and obs.values.tolist() == [21.5]
+    cfg, features = config_from_args(build_parser().parse_args([*base, "--config", str(toml)]))
+    with pytest.raises(PayloadError, match="timestamp"):
+        RecordService(cfg, features).decoder.decode(zigbee)
