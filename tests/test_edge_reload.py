@@ -254,3 +254,80 @@ def test_swap_then_restart_continues_from_the_new_models_checkpoint(
     after, _ = StepModel(models["step2"]).run_sequence(xs[10:], state)
     np.testing.assert_allclose([p["forecast"] for p in preds], np.concatenate([before, after]),
                                atol=1e-5, rtol=0)
+
+
+def test_reload_mid_period_keeps_the_open_period_and_the_scores(
+    broker: Mosquitto, tmp_path: Path, daemon_factory: Any, collector_factory: Any, batch: str,
+) -> None:
+    """A sensor publishing 6 readings per period into an hourly grid model with intervals; the
+    model file is replaced by one with other weights (same layout, same horizon) in the middle
+    of a period. The reload keeps the open period and the scoring state: every forecast and
+    every interval equals a run in which the same readings went to the first model and then,
+    from the same stream states, to the second."""
+    from conftest import GRID_ORIGIN
+    from test_edge_score import gaussian_seed
+
+    from edge.config import EdgeConfig
+    from edge.manifest import Grid
+    from edge.service import Processor, load_model
+
+    kw: dict[str, Any] = {"max_gap": 3, "grid": Grid(origin=GRID_ORIGIN), "batch": batch,
+                          "conformal": gaussian_seed(3, 2.0)}
+    first = build_model(tmp_path / "g1.onnx", model_id="grid-first", **kw)
+    second = build_model(tmp_path / "g2.onnx", model_id="grid-second", seed=1, **kw)
+    rig = Rig(broker, first, tmp_path, daemon_factory, collector_factory,
+              "--state-dir", str(tmp_path / "state"))
+    rng = np.random.default_rng(5)
+    readings = [(int(GRID_ORIGIN) + i * 600 + 1 + int(rng.integers(0, 500)),
+                 round(float(50 + 10 * np.sin(i / 30) + rng.normal(0, 1)), 3))
+                for i in range(6 * 40)]
+    swap_at = 6 * 25 + 3  # half way through a period
+
+    def send(ts: float, temp: float) -> bytes:
+        body = json.dumps({"ts": ts, "temp": temp}).encode()
+        rig.pub.publish(f"{rig.cid}/g/temp", body, qos=1).wait_for_publish(5)
+        return body
+
+    sent = [send(ts, v) for ts, v in readings[:swap_at]]
+    # a duplicate is refused without touching the state; its error says that everything
+    # before it has been processed
+    sent.append(send(*readings[swap_at - 1]))
+    assert rig.col.wait_for(f"{rig.cid}-err/g", 1)[0]["reason"] == "duplicate"
+    replace_atomically(second, rig.model)
+    event = rig.wait_event(1)
+    assert event["event"] == "reload" and event["states"] == "kept", event
+    after = [send(ts, v) for ts, v in readings[swap_at:]]
+    preds = rig.wait_predictions("g", 39)
+    rig.close()
+
+    want: list[dict[str, Any]] = []
+
+    def keep(topic: str, payload: bytes, qos: int) -> bool:
+        doc = json.loads(payload)
+        if "forecast" in doc:
+            want.append(doc)
+        return True
+
+    cfg = EdgeConfig(model=str(first), subscribe=(f"{rig.cid}/+/temp",), client_id="ref")
+    m1, freq = load_model(cfg)
+    ref = Processor(cfg, m1, freq, keep)
+    for body in sent:
+        ref.handle(f"{rig.cid}/g/temp", body)
+    m2, _ = load_model(EdgeConfig(model=str(second), subscribe=cfg.subscribe, client_id="ref"))
+    carried = Processor(cfg, m2, freq, keep)
+    for name, st in ref.store.streams.items():  # everything a stream has, copied by hand
+        new = carried.store.create(name)
+        new.state = [a.copy() for a in st.state]
+        new.extra = {k: v.copy() for k, v in st.extra.items()}
+        new.last_t, new.count = st.last_t, st.count
+    ref = carried
+    for body in after:
+        ref.handle(f"{rig.cid}/g/temp", body)
+
+    assert [p["period"] for p in preds] == [p["period"] for p in want]
+    assert [p["model"] for p in preds].count("grid-second") == 40 - 26
+    for got, exp in zip(preds, want, strict=True):
+        np.testing.assert_allclose(got["forecast"], exp["forecast"], atol=1e-6, rtol=0)
+        for c in ("0.8", "0.95"):
+            np.testing.assert_allclose(got["intervals"][c], exp["intervals"][c], atol=1e-5,
+                                       rtol=0)
