@@ -128,6 +128,7 @@ class Processor:
         on_admit: Callable[[str, Observation], None] | None = None,
         publish_forecast: Publisher | None = None,
         publish_retained: Publisher | None = None,
+        events_topic: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         m = model.manifest
@@ -163,7 +164,8 @@ class Processor:
             self.metrics.adopt_scorer(self.scorer, config.score_per_stream)
         self.publish_retained = publish_retained or publish
         self.period = freq.total_seconds() if freq is not None else None
-        self.events_topic = config.status.format(
+        # drift events go next to the daemon's status (the Service's topic, fixed at start)
+        self.events_topic = events_topic or config.status.format(
             client_id=config.client_id, model=m.model_id, stream="") + "/events"
         fresh = StateStore(
             m.model_id,
@@ -553,7 +555,7 @@ class Service:
             from edge.record import Recorder  # not at import: `python -m edge.record` runs it
 
             self.recorder = Recorder(config.record, self.manifest.features, fsync=config.fsync)
-        self._record_logged = 0.0
+        self._log_limit = LogLimiter(LOG_EVERY)
         self.discovery: Discovery | None = None
         self._forecast_props: Any = None
         self._model_extras(model, freq)
@@ -617,7 +619,8 @@ class Service:
 
     def _hooks(self) -> dict[str, Any]:
         """The processor's hooks: only what is switched on costs anything per message."""
-        hooks: dict[str, Any] = {"publish_retained": self._publish_retained}
+        hooks: dict[str, Any] = {"publish_retained": self._publish_retained,
+                                 "events_topic": self.events_topic}
         if self.recorder is not None or self.discovery is not None:
             hooks["on_admit"] = self._admitted
         if self.config.retain_forecasts or self._forecast_props is not None:
@@ -631,9 +634,7 @@ class Service:
                 self.recorder.append_one(stream, obs)
             except OSError as exc:  # the forecast still goes out
                 self.metrics.drop("record_failed")
-                now = time.monotonic()
-                if now - self._record_logged >= LOG_EVERY:
-                    self._record_logged = now
+                if self._log_limit.due("record"):
                     log.warning("Could not record an observation in %s (%s); further failures "
                                 "are logged at most once a minute", self.config.record, exc)
         if self.discovery is not None:
