@@ -13,6 +13,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,37 @@ def publisher(broker: Mosquitto, client_id: str = "", persistent: bool = False) 
 
 def wait_online(col: Collector, cid: str, mark: int, d: Daemon, timeout: float = 30.0) -> None:
     assert col.wait_status(cid, "online", mark, timeout=timeout), d.log()[-3000:]
+
+
+def sigkill_while(publish: Callable[[], None], d: Daemon, restart: Callable[[], Daemon],
+                  kills: int, pause: Callable[[], float],
+                  done: threading.Event | None = None) -> Daemon:
+    """Run `publish` in a thread and meanwhile SIGKILL the daemon `kills` times, `pause()`
+    seconds apart, starting it again with `restart` each time; then set `done` (a publisher
+    that watches it stops early) and wait for the publisher. Returns the daemon now running."""
+    thread = threading.Thread(target=publish, name="test-publisher")
+    thread.start()
+    try:
+        for _ in range(kills):
+            time.sleep(pause())
+            d.stop(signal.SIGKILL)
+            d = restart()
+    finally:
+        if done is not None:
+            done.set()
+        thread.join()
+    return d
+
+
+def restarter(daemon_factory: Any, col: Collector, cid: str, argv: list[str]
+              ) -> Callable[[], Daemon]:
+    """Start the daemon with `argv` and wait until it says it is online."""
+    def start() -> Daemon:
+        mark = col.mark()
+        d: Daemon = daemon_factory(*argv)
+        wait_online(col, cid, mark, d)
+        return d
+    return start
 
 
 def metrics(port: int) -> dict[str, float]:
@@ -140,18 +172,8 @@ def test_sigkill_at_random_moments_steps_each_observation_once(
             i += 1
             time.sleep(0.004)
 
-    thread = threading.Thread(target=publish, name="test-publisher")
-    thread.start()
-    try:
-        for _ in range(kills):
-            time.sleep(rng.uniform(0.0, 0.4))
-            d.stop(signal.SIGKILL)
-            mark = col.mark()
-            d = daemon_factory(*argv)
-            wait_online(col, cid, mark, d)
-    finally:
-        done.set()
-        thread.join()
+    d = sigkill_while(publish, d, restarter(daemon_factory, col, cid, argv), kills,
+                      lambda: rng.uniform(0.0, 0.4), done)
     n = sum(len(v) for v in sent.values())
     assert n > 300
     deadline = time.monotonic() + 60
@@ -594,18 +616,8 @@ def test_sigkill_with_a_sensor_faster_than_the_period_keeps_the_open_period(
             i += 1
             time.sleep(0.004)
 
-    thread = threading.Thread(target=publish, name="test-publisher")
-    thread.start()
-    try:
-        for _ in range(12):
-            time.sleep(rng.uniform(0.0, 0.4))
-            d.stop(signal.SIGKILL)
-            mark = col.mark()
-            d = daemon_factory(*argv)
-            wait_online(col, cid, mark, d)
-    finally:
-        done.set()
-        thread.join()
+    d = sigkill_while(publish, d, restarter(daemon_factory, col, cid, argv), 12,
+                      lambda: rng.uniform(0.0, 0.4), done)
     # the uninterrupted run: the same messages through one processor
     cfg = EdgeConfig(model=str(grid_model), subscribe=(f"{cid}/+/temp",), client_id="ref")
     model, freq = load_model(cfg)

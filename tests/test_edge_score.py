@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import signal
-import threading
 import time
 import uuid
 from datetime import datetime, timedelta
@@ -409,7 +407,7 @@ def test_sigkill_restart_gives_the_uninterrupted_intervals(
     """Two streams at QoS 1 while the daemon is SIGKILLed at random moments and restarted: the
     intervals published for each (stream, ts) and the scoring states on disk equal those of
     one uninterrupted run."""
-    from test_edge_reliability import args, publisher, wait_online
+    from test_edge_reliability import args, publisher, restarter, sigkill_while, wait_online
 
     model = seeded_model(tmp_path / "m.onnx", batch)
     cid = f"sc{uuid.uuid4().hex[:8]}"
@@ -423,7 +421,6 @@ def test_sigkill_restart_gives_the_uninterrupted_intervals(
     d = daemon_factory(*argv)
     wait_online(col, cid, mark, d)
     pub = publisher(broker)
-    done = threading.Event()
 
     def publish() -> None:
         for i in range(n):
@@ -431,20 +428,10 @@ def test_sigkill_restart_gives_the_uninterrupted_intervals(
                 ts, v = data[s][i]
                 pub.publish(f"{cid}/{s}/temp", json.dumps({"ts": ts, "temp": v}), qos=1)
             time.sleep(0.004)
-        done.set()
 
-    thread = threading.Thread(target=publish, name="test-publisher")
-    thread.start()
     rng = random.Random(3)
-    try:
-        for _ in range(5):
-            time.sleep(rng.uniform(0.05, 0.4))
-            d.stop(signal.SIGKILL)
-            mark = col.mark()
-            d = daemon_factory(*argv)
-            wait_online(col, cid, mark, d)
-    finally:
-        thread.join()
+    d = sigkill_while(publish, d, restarter(daemon_factory, col, cid, argv), 5,
+                      lambda: rng.uniform(0.05, 0.4))
     deadline = time.monotonic() + 60
     got: dict[tuple[str, str], Any] = {}
     while time.monotonic() < deadline:

@@ -5,8 +5,6 @@ too."""
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
 import uuid
 from datetime import datetime, timezone
@@ -17,7 +15,15 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import Mosquitto
-from test_edge_reliability import args, predictions_by_key, publisher, series, wait_online
+from test_edge_reliability import (
+    args,
+    predictions_by_key,
+    publisher,
+    restarter,
+    series,
+    sigkill_while,
+    wait_online,
+)
 
 from edge.model import StepModel
 from edge.state import StateStore
@@ -89,7 +95,6 @@ def test_sigkill_keeps_the_seasonal_memory(
     d = daemon_factory(*argv)
     wait_online(col, cid, mark, d)
     pub = publisher(broker)
-    done = threading.Event()
 
     def publish() -> None:
         for i in range(400):
@@ -97,19 +102,9 @@ def test_sigkill_keeps_the_seasonal_memory(
                 ts, v = rows[s][i]
                 pub.publish(f"{cid}/{s}/temp", f'{{"ts": "{ts}", "temp": {v}}}', qos=1)
             time.sleep(0.004)
-        done.set()
 
-    thread = threading.Thread(target=publish, name="test-publisher")
-    thread.start()
-    try:
-        for _ in range(6):
-            time.sleep(0.25)
-            d.stop(signal.SIGKILL)
-            mark = col.mark()
-            d = daemon_factory(*argv)
-            wait_online(col, cid, mark, d)
-    finally:
-        thread.join()
+    d = sigkill_while(publish, d, restarter(daemon_factory, col, cid, argv), 6,
+                      lambda: 0.25)
     n = 3 * 400
     got = finish(col, cid, n, d, pub)
     assert len(got) == n, d.log()[-3000:]
@@ -185,17 +180,8 @@ def test_sigkill_keeps_window_graph_windows(
                 pub.publish(f"{cid}/{s}/temp", f'{{"ts": "{ts}", "temp": {v}}}', qos=1)
             time.sleep(0.004)
 
-    thread = threading.Thread(target=publish, name="test-publisher")
-    thread.start()
-    try:
-        for _ in range(4):
-            time.sleep(0.25)
-            d.stop(signal.SIGKILL)
-            mark = col.mark()
-            d = daemon_factory(*argv)
-            wait_online(col, cid, mark, d)
-    finally:
-        thread.join()
+    d = sigkill_while(publish, d, restarter(daemon_factory, col, cid, argv), 4,
+                      lambda: 0.25)
     n = len(streams) * (300 - lookback + 1)  # a window graph forecasts once its window is full
     got = finish(col, cid, n, d, pub)
     assert len(got) == n, d.log()[-3000:]
