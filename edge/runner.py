@@ -9,12 +9,11 @@ row of a batched LSTM is computed independently, so the results equal stepping e
 from __future__ import annotations
 
 import time
-import weakref
 
 import numpy as np
 
 from edge.model import StepModel
-from edge.state import StreamState
+from edge.state import RowTables, StreamState
 
 
 class Runner:
@@ -35,7 +34,7 @@ class Runner:
         self.last_seconds = 0.0
         # many streams per run: a step graph with a symbolic batch dimension
         self.batched = m.kind == "step" and model.dynamic_batch
-        self.rows = StateRows(model.zero_state(1)) if self.batched else StateRows([])
+        self.rows = state_rows(model.zero_state(1) if self.batched else [])
 
     def zero_state(self) -> list[np.ndarray]:
         return self.model.zero_state(1) if self.kind == "step" else []
@@ -83,7 +82,7 @@ class Runner:
                   for st, row, ti in zip(sts, x, times, strict=True)]
             return np.concatenate([y for y in ys if y is not None])
         rows = self.rows
-        idx = np.fromiter((rows.row(st) for st in sts), np.intp, len(sts))
+        idx = rows.rows(sts)
         feeds = {self.input: x}
         for name, table in zip(self.state_in, rows.tables, strict=True):
             feeds[name] = table[idx]
@@ -100,62 +99,14 @@ class Runner:
         return np.asarray(out[0])
 
 
-class StateRows:
-    """The states of the streams that are stepped together, one row per stream in one table per
-    state tensor, so a batched run gathers and scatters them with one numpy call per tensor.
+def _state(st: StreamState) -> list[np.ndarray]:
+    return st.state
 
-    A stream's `state` arrays become views of its rows (checkpoints and `step_one` read them as
-    before). A stream whose arrays are not views of the current tables — new, reset, restored
-    from a checkpoint or stepped alone — is copied in on its next batched step. Rows of streams
-    that no longer exist are reused; the tables double when full.
-    """
 
-    def __init__(self, zero: list[np.ndarray], capacity: int = 256) -> None:
-        self.tables = [np.zeros((capacity, *z.shape[1:]), np.float32) for z in zero]
-        self._owners: list[weakref.ref[StreamState] | None] = [None] * capacity
-        self._row: dict[int, int] = {}  # id(stream state) -> row
-        self._free = list(range(capacity - 1, -1, -1))
+def _put_state(st: StreamState, r: int, tables: list[np.ndarray]) -> None:
+    st.state = [t[r : r + 1] for t in tables]
 
-    def row(self, st: StreamState) -> int:
-        """The row of `st`, copying its state in first when its arrays are not our views."""
-        r = self._row.get(id(st))
-        if r is not None and st.state[0].base is self.tables[0]:
-            return r
-        if r is None or self._owner(r) is not st:
-            r = self._take()
-            self._owners[r] = weakref.ref(st)
-            self._row[id(st)] = r
-        for table, value in zip(self.tables, st.state, strict=True):
-            table[r] = value[0]
-        st.state = [table[r : r + 1] for table in self.tables]
-        return r
 
-    def _owner(self, r: int) -> StreamState | None:
-        ref = self._owners[r]
-        return ref() if ref is not None else None
-
-    def _take(self) -> int:
-        if not self._free:
-            for r, ref in enumerate(self._owners):  # rows of streams that are gone
-                st = ref() if ref is not None else None
-                if st is None or self._row.get(id(st)) != r:
-                    self._owners[r] = None
-                    self._free.append(r)
-            self._row = {i: r for i, r in self._row.items()
-                         if self._owners[r] is not None and id(self._owner(r)) == i}
-        if not self._free:
-            self._grow()
-        return self._free.pop()
-
-    def _grow(self) -> None:
-        n = len(self._owners)
-        old = self.tables
-        self.tables = [np.zeros((2 * n, *t.shape[1:]), np.float32) for t in old]
-        for new, t in zip(self.tables, old, strict=True):
-            new[:n] = t
-        self._owners += [None] * n
-        self._free = list(range(2 * n - 1, n - 1, -1))
-        for r in range(n):  # point the live streams at the new tables
-            st = self._owner(r)
-            if st is not None and st.state and st.state[0].base is old[0]:
-                st.state = [t[r : r + 1] for t in self.tables]
+def state_rows(zero: list[np.ndarray]) -> RowTables:
+    """The model states of streams stepped together (h and c of each layer), one row each."""
+    return RowTables([z.shape[1:] for z in zero], np.float32, _state, _put_state)

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from edge.manifest import Manifest
+from edge.state import RowTables, StreamState
 
 try:  # serialises numpy arrays directly, several times faster than the standard library
     import orjson
@@ -97,9 +98,9 @@ class Layout:
         self.m = 6 + 2 * c  # rolling sums: 6 error columns, then coverage and width per c
         parts = {
             "meta": (N_META,),
-            "orig": (h,),  # origin (period index) of the forecast in each slot, NaN: none
-            "fc": (h, h, k),  # forecasts waiting for their actuals, by slot
-            "rad": (h, h, k, c),  # the radii they were published with
+            "orig": (h,),  # the origin (period) that issued in slot origin mod H, NaN: none
+            "fc": (h, h, k),  # forecasts waiting for their actuals, by (target mod H, h)
+            "rad": (h, h, k, c),  # the radii they were published with, the same way
             "q": (h, k, c),  # the current radii
             "sums": (h, k, self.m),
             "wts": (h, 3),
@@ -178,12 +179,49 @@ class Scorer:
         s = self.season
         history = max(h, s * math.ceil(h / s)) + 1 if s else h + 1
         self.layout = Layout(h, k, len(self.coverages), history)
+        self.decay = 0.5 ** (1.0 / settings.half_life)
         # targets are averaged; a classifier's squared errors are summed over its classes (Brier)
         self._per_k = 1.0 if self.classify else 1.0 / k
+        self._hs = np.arange(h)
+        self._ahead = np.arange(1.0, h + 1.0)  # a forecast at step h targets origin + h + 1
+        # the baselines: persistence (the actual h + 1 periods back), seasonal naive
+        self._backs = [self._ahead] + ([s * np.ceil(self._ahead / s)] if s else [])
+        # slots as lookups by tau mod H (or mod the history): [tau mod H or r, H]
+        j = np.arange(h)[:, None]
+        self._origin_slot = (j - self._hs - 1) % h  # where the origin of each h issued
+        self._target_slot = (j + self._hs + 1) % h  # where each forecast of tau waits
+        self._hist_pos = [((np.arange(history)[:, None] - b) % history).astype(np.intp)
+                          for b in self._backs]
+        # decay of each rolling sum column and weight when every cell scores (no season: the
+        # seasonal columns stay), and the weights' increments
+        self._lam_cols = np.full(self.layout.m, self.decay)
+        self._lam_w, self._one_w = np.full(3, self.decay), np.ones(3)
+        if not s:
+            self._lam_cols[[S_ABS, S_SQ]] = 1.0
+            self._lam_w[W_SEAS], self._one_w[W_SEAS] = 1.0, 0.0
+        self._col_took = [0, 0, 1, 1, 2, 2] + [0] * (2 * len(self.coverages))
+        sums, wts = self.layout.slices["sums"][0], self.layout.slices["wts"][0]
+        assert sums.stop == wts.start
+        self._block = slice(sums.start, wts.stop)
+        self._lam_block = np.concatenate([np.tile(self._lam_cols, h * k),
+                                          np.tile(self._lam_w, h)])
+        self._one_block = np.tile(self._one_w, h)
+        # the block's squared errors of the model, persistence and seasonal naive, summed over
+        # horizon steps and targets (targets averaged): block @ pick -> [n, 3]
+        pick = np.zeros((h, k, self.layout.m, 3))
+        for which, col in enumerate((M_SQ, P_SQ, S_SQ)):
+            pick[:, :, col, which] = self._per_k
+        self._pick_sq = np.concatenate([pick.reshape(-1, 3), np.zeros((3 * h, 3))])
+        self._backs_one = [[(float(b[hh]), col, wcol, row) for b, (col, wcol, row) in zip(
+            self._backs, ((P_ABS, W_PERS, 0), (S_ABS, W_SEAS, 1)), strict=False)]
+            for hh in range(h)]
         self._off = {name: sl.start for name, (sl, _) in self.layout.slices.items()}
         self.warmup = m.warmup
-        self.decay = 0.5 ** (1.0 / settings.half_life)
         self.seeded, q0, self.scale, self.train_rmse = _seed(m.conformal, h, k, self.coverages)
+        # the drift alarm compares mean squares: (RMSE × ratio)²
+        self._ratio2 = settings.baseline_ratio ** 2
+        self._train2 = None if self.train_rmse is None else \
+            (self.train_rmse * settings.train_ratio) ** 2
         self.template = np.zeros(self.layout.size)
         t = self.template[None, :]
         self.layout.view(t, "orig")[:] = np.nan
@@ -194,6 +232,7 @@ class Scorer:
         self.layout.view(t, "q")[0] = q0
         self.totals = Totals.zeros(h, len(self.coverages))
         self.alarms: set[str] = set()  # streams in alarm (resident or not), for the gauge
+        self.table = RowTables([(self.layout.size,)], np.float64, _extra, _put_extra)
 
     # -- the one step ----------------------------------------------------------------------
 
@@ -211,34 +250,58 @@ class Scorer:
         their intervals."""
         if len(extras) == 1:
             return self._step_one(extras[0], float(tau[0]), values[0], y[0])
-        lay, n, h = self.layout, len(extras), self.horizon
         mat = np.stack(extras)
+        out = self.step_rows(mat, tau, values, y)
+        for x, row in zip(extras, mat, strict=True):
+            x[:] = row
+        return out
+
+    def step_states(self, states: Sequence[StreamState], tau: np.ndarray, values: np.ndarray,
+                    y: np.ndarray) -> ScoreStep:
+        """`step_many` on the streams' states (their extra `EXTRA`): gathered from and scattered
+        back to the scorer's table with one numpy call each, which also holds them between
+        steps (see `RowTables`)."""
+        if len(states) == 1:
+            return self._step_one(states[0].extra[EXTRA], float(tau[0]), values[0], y[0])
+        table = self.table
+        idx = table.rows(list(states))
+        mat = table.tables[0][idx]
+        out = self.step_rows(mat, tau, values, y)
+        table.tables[0][idx] = mat
+        return out
+
+    def step_rows(self, mat: np.ndarray, tau: np.ndarray, values: np.ndarray, y: np.ndarray
+                  ) -> ScoreStep:
+        """`step_many` on the streams' vectors as the rows of one matrix [n, size], in place."""
+        lay, n, h = self.layout, len(mat), self.horizon
         meta = lay.view(mat, "meta")
         tau = np.where(np.isnan(tau), meta[:, STEPS], np.rint(tau))
         # a second step in the same period (no grid) re-issues in place and scores nothing
         fresh = ~(tau <= meta[:, LAST_TAU])
         meta[:, LAST_TAU] = np.where(fresh, tau, meta[:, LAST_TAU])
+        every = np.arange(n)
+        t_h = np.mod(tau, h).astype(np.intp)
         scored = 0
         if self.can_score:
-            rows = np.nonzero(fresh)[0]
-            if len(rows):
-                actual = self._actual(values[rows])
-                scored = self._score(mat, rows, tau[rows], actual)
-                self._remember(mat, rows, tau[rows], actual)
-        # issue: the new forecasts take the slot of the oldest, which has just been scored
+            t_r = np.mod(tau, lay.r).astype(np.intp)
+            actual = self._actual(values)
+            known = fresh & ~np.isnan(actual).any(axis=1)
+            scored = self._score(mat, every, tau, t_h, t_r, actual, known)
+            # keep the actual for the baselines of later steps
+            hist, hist_t = lay.view(mat, "hist"), lay.view(mat, "hist_t")
+            hist[every[fresh], t_r[fresh]] = actual[fresh]
+            hist_t[every, t_r] = np.where(fresh, np.where(known, tau, np.nan), hist_t[every, t_r])
+        # issue: each forecast goes where its target will look for it
         meta[:, STEPS] += fresh
-        slot = ((meta[:, STEPS] - 1) % h).astype(np.intp)
-        every = np.arange(n)
+        t_slot = self._target_slot[t_h]  # [n, H]
         radii = None
         if self.coverages:
             radii = np.maximum(lay.view(mat, "q"), 0.0)
-            lay.view(mat, "rad")[every, slot] = radii
-        lay.view(mat, "fc")[every, slot] = y.reshape(n, h, -1)
-        issued = meta[:, STEPS] > self.warmup  # warm-up forecasts are not scored
-        lay.view(mat, "orig")[every, slot] = np.where(issued & self.can_score, tau, np.nan)
+            lay.view(mat, "rad")[every[:, None], t_slot, self._hs] = radii
+        lay.view(mat, "fc")[every[:, None], t_slot, self._hs] = y.reshape(n, h, -1)
+        issued = (meta[:, STEPS] > self.warmup) & self.can_score  # warm-up: not scored
+        lay.view(mat, "orig")[every, t_h] = np.where(issued, tau, np.nan)
         due, changed = self._periodic(mat, tau)
-        for x, row in zip(extras, mat, strict=True):
-            x[:] = row
         return ScoreStep(radii, due, changed, scored)
 
     def _step_one(self, x: np.ndarray, tau: float, values: np.ndarray, y: np.ndarray
@@ -251,8 +314,7 @@ class Scorer:
         v = x.tolist()
         mt = o["meta"]
         tau = v[mt + STEPS] if math.isnan(tau) else float(round(tau))
-        last = v[mt + LAST_TAU]
-        fresh = not tau <= last
+        fresh = not tau <= v[mt + LAST_TAU]
         if fresh:
             v[mt + LAST_TAU] = tau
         scored = 0
@@ -262,23 +324,24 @@ class Scorer:
             if not nan:
                 scored = self._score_one(v, tau, actual)
             pos = int(tau % r)
-            for kk in range(k):
-                v[o["hist"] + pos * k + kk] = actual[kk]
+            v[o["hist"] + pos * k : o["hist"] + (pos + 1) * k] = actual
             v[o["hist_t"] + pos] = math.nan if nan else tau
         if fresh:
             v[mt + STEPS] += 1.0
         steps = v[mt + STEPS]
-        slot = int((steps - 1) % h)
         radii = None
         yf = y.reshape(-1).tolist()
+        hkc = k * c
+        rq = [max(qv, 0.0) for qv in v[o["q"] : o["q"] + h * hkc]] if c else []
+        o_fc, o_rad = o["fc"], o["rad"]
+        for hh in range(h):
+            cell = int((tau + hh + 1) % h) * h + hh  # (target slot, h)
+            v[o_fc + cell * k : o_fc + (cell + 1) * k] = yf[hh * k : (hh + 1) * k]
+            if c:
+                v[o_rad + cell * hkc : o_rad + (cell + 1) * hkc] = rq[hh * hkc : (hh + 1) * hkc]
         if c:
-            q0, r0 = o["q"], o["rad"] + slot * h * k * c
-            rq = [max(qv, 0.0) for qv in v[q0 : q0 + h * k * c]]
-            v[r0 : r0 + h * k * c] = rq
             radii = np.array(rq).reshape(1, h, k, c)
-        f0 = o["fc"] + slot * h * k
-        v[f0 : f0 + h * k] = yf
-        v[o["orig"] + slot] = tau if steps > self.warmup and self.can_score else math.nan
+        v[o["orig"] + int(tau % h)] = tau if steps > self.warmup and self.can_score else math.nan
         changed: list[tuple[int, bool]] = []
         if self.can_score and not tau <= v[mt + LAST_EVAL]:
             v[mt + LAST_EVAL] = tau
@@ -307,17 +370,17 @@ class Scorer:
         o_orig, o_fc, o_rad, o_q, o_hist, o_ht = (
             o["orig"], o["fc"], o["rad"], o["q"], o["hist"], o["hist_t"])
         alpha, scale_seed = self.alpha.tolist(), self.scale.tolist()
-        events = []
-        for slot in range(h):
-            ahead = tau - v[o_orig + slot]
-            if 1 <= ahead <= h:
-                events.append((slot, int(ahead - 1)))
-        if not events:
-            return 0
+        t_slot = int(tau % h)
+        events = 0
         se_means: list[float] = []
         base_means: tuple[list[float], list[float]] = ([], [])
-        for slot, hh in events:
-            f0 = o_fc + (slot * h + hh) * k
+        for hh in range(h):
+            origin = tau - hh - 1
+            if v[o_orig + int(origin % h)] != origin:
+                continue
+            events += 1
+            cell = t_slot * h + hh
+            f0 = o_fc + cell * k
             err = [v[f0 + kk] - actual[kk] for kk in range(k)]
             ae = [abs(e) for e in err]
             se = [e * e for e in err]
@@ -331,11 +394,7 @@ class Scorer:
             t.abs_err[hh] += sum(ae) * per_k
             t.sq_err[hh] += sum(se) * per_k
             se_means.append(sum(se) * per_k)
-            backs = [(hh + 1, P_ABS, W_PERS, 0)]
-            if self.season:
-                sl = self.season
-                backs.append((sl * math.ceil((hh + 1) / sl), S_ABS, W_SEAS, 1))
-            for back, col, wcol, row in backs:
+            for back, col, wcol, row in self._backs_one[hh]:
                 when = tau - back
                 pos = int(when % r)
                 if v[o_ht + pos] != when:
@@ -355,7 +414,7 @@ class Scorer:
                 for jc in range(c):
                     hit = wid = 0.0
                     for kk in range(k):
-                        rad = v[o_rad + ((slot * h + hh) * k + kk) * c + jc]
+                        rad = v[o_rad + (cell * k + kk) * c + jc]
                         miss = 1.0 if ae[kk] > rad else 0.0
                         b = sm + (hh * k + kk) * m
                         v[b + 6 + jc] = v[b + 6 + jc] * lam + (1.0 - miss)
@@ -377,7 +436,101 @@ class Scorer:
                 mean = sum(vals) / len(vals)
                 v[mt + col] = v[mt + col] * lam + mean
                 v[mt + wcol] = v[mt + wcol] * lam + 1.0
-        return len(events)
+        return events
+
+    def _score(self, mat: np.ndarray, every: np.ndarray, tau: np.ndarray, t_h: np.ndarray,
+               t_r: np.ndarray, actual: np.ndarray, known: np.ndarray) -> int:
+        """Score the forecasts that targeted `tau` (t_h, t_r: tau mod H and mod the history)
+        in the streams where the actual is `known`: for each horizon step h the one made at
+        tau − h − 1, if that origin issued one. Dense over [streams, H] cells, masked where
+        there is nothing to score. The rolling sums and their weights lie side by side in each
+        vector ("block"): they take one decay and one increment per step, in place when every
+        cell scores (the steady state)."""
+        lay, h, c = self.layout, self.horizon, len(self.coverages)
+        n, k, m = len(mat), lay.k, lay.m
+        origin = tau[:, None] - self._ahead  # [n, H]
+        rows = every[:, None]
+        valid = lay.view(mat, "orig")[rows, self._origin_slot[t_h]] == origin
+        valid &= known[:, None]
+        count = int(np.count_nonzero(valid))
+        if not count:
+            return 0
+        a = actual[:, None, :]
+        inc = np.empty((n, self._block.stop - self._block.start))  # what the block takes
+        inc_s = inc[:, : h * k * m].reshape(n, h, k, m)
+        err = lay.view(mat, "fc")[every, t_h] - a  # [n, H, K]
+        ae = np.abs(err, out=inc_s[..., M_ABS])
+        np.multiply(err, err, out=inc_s[..., M_SQ])
+        took = np.zeros((n, h, 3), dtype=bool)  # model, persistence, seasonal naive
+        took[..., 0] = valid
+        hist, hist_t = lay.view(mat, "hist"), lay.view(mat, "hist_t")
+        for j, (back, pos_of) in enumerate(zip(self._backs, self._hist_pos, strict=True)):
+            pos = pos_of[t_r]  # where the actual `back` periods before tau is kept
+            np.logical_and(valid, hist_t[rows, pos] == tau[:, None] - back, out=took[..., 1 + j])
+            be = hist[rows, pos] - a
+            np.abs(be, out=inc_s[..., P_ABS + 2 * j])
+            np.multiply(be, be, out=inc_s[..., P_SQ + 2 * j])
+        if not self.season:
+            inc_s[..., S_ABS : S_SQ + 1] = 0.0
+        if c:  # coverage of the radius each forecast was published with, and its width
+            rad = lay.view(mat, "rad")[every, t_h]  # [n, H, K, C]
+            miss = ae[..., None] > rad
+            np.logical_not(miss, out=inc_s[..., 6 : 6 + c], casting="unsafe")
+            np.multiply(rad, 2.0, out=inc_s[..., 6 + c :])
+        block = mat[:, self._block]
+        full = bool(took[..., : len(self._backs) + 1].all())
+        if full:  # every cell scores (without a season, its columns stay): in place
+            inc[:, h * k * m :] = self._one_block
+            block *= self._lam_block
+            block += inc
+        else:
+            mask = np.empty(inc.shape, dtype=bool)
+            mask[:, : h * k * m].reshape(n, h, k, m)[...] = took[..., self._col_took][:, :, None]
+            mask[:, h * k * m :] = took.reshape(n, -1)
+            inc[:, h * k * m :] = 1.0
+            np.copyto(inc, 0.0, where=~mask)  # (NaN where nothing was scored)
+            block[...] = np.where(mask, block * self.decay + inc, block)
+        # the process's counters, per horizon step
+        t, per_k = self.totals, self._per_k
+        tot = inc[:, : h * k * m].sum(axis=0).reshape(h, k, m).sum(axis=1) * per_k  # [H, M]
+        n_took = took.sum(axis=0)  # [H, 3]
+        t.scored += n_took[:, 0]
+        t.abs_err += tot[:, M_ABS]
+        t.sq_err += tot[:, M_SQ]
+        t.base_n += n_took[:, 1:].T
+        t.base_abs += tot[:, [P_ABS, S_ABS]].T
+        t.base_sq += tot[:, [P_SQ, S_SQ]].T
+        if c:
+            t.covered += tot[:, 6 : 6 + c].T
+            t.width += tot[:, 6 + c :].T
+        # each stream's rolling mean square over its horizon steps, for the drift alarm
+        meta = lay.view(mat, "meta")
+        sq = inc @ self._pick_sq  # [n, 3] (a product: faster than summing strided columns)
+        ms, mw = meta[:, MS_MODEL : MS_SEAS + 1], meta[:, MW_MODEL : MW_SEAS + 1]
+        if full:
+            ms *= self._lam_w
+            ms += sq / h
+            mw *= self._lam_w
+            mw += self._one_w
+        else:
+            n_h = took.sum(axis=1)  # [n, 3]
+            has = n_h > 0
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ms[...] = np.where(has, ms * self.decay + sq / n_h, ms)
+            mw[...] = np.where(has, mw * self.decay + 1.0, mw)
+        meta[:, SCORED] += valid[:, 0]
+        if c:  # quantile tracking
+            q = lay.view(mat, "q")
+            with np.errstate(invalid="ignore", divide="ignore"):  # cells without a score
+                # no trainer seed: the stream's own rolling MAE at that step
+                scale = self.scale if self.seeded else \
+                    lay.view(mat, "sums")[..., M_ABS] / lay.view(mat, "wts")[..., W_MODEL, None]
+                step = (miss - self.alpha) * (self.settings.lr * scale[..., None])
+            if full:
+                q += step
+            else:
+                q += np.where(valid[:, :, None, None], step, 0.0)
+        return count
 
     def _actual(self, values: np.ndarray) -> np.ndarray:
         """The actuals [n, K] from observed features [n, F]: the targets, or for a classifier
@@ -390,149 +543,53 @@ class Scorer:
         out[np.isnan(x[:, 0])] = np.nan
         return out
 
-    def _score(self, mat: np.ndarray, rows: np.ndarray, tau: np.ndarray,
-               actual: np.ndarray) -> int:
-        """Score the forecasts that targeted `tau` in streams `rows` (each stream once, and
-        each of its forecasts at a distinct origin, so every (stream, h) is hit at most once)."""
-        lay, h, s = self.layout, self.horizon, self.settings
-        orig = lay.view(mat, "orig")[rows]
-        ahead = tau[:, None] - orig  # NaN for empty slots
-        hit = (ahead >= 1) & (ahead <= h)
-        j, slot = np.nonzero(hit)
-        if not len(j):
-            return 0
-        hh = (ahead[j, slot] - 1).astype(np.intp)
-        a = actual[j]  # [m, K]
-        if np.isnan(a).any():
-            keep = ~np.isnan(a).any(axis=1)
-            j, slot, hh, a = j[keep], slot[keep], hh[keep], a[keep]
-            if not len(j):
-                return 0
-        i = rows[j]
-        err = lay.view(mat, "fc")[i, slot, hh] - a  # [m, K]
-        ae = np.abs(err)
-        se = err * err
-        sums, wts, lam = lay.view(mat, "sums"), lay.view(mat, "wts"), self.decay
-        m_sums = sums[i, hh]  # [m, K, M] (a copy: written back below)
-        m_sums[..., M_ABS] = m_sums[..., M_ABS] * lam + ae
-        m_sums[..., M_SQ] = m_sums[..., M_SQ] * lam + se
-        wts[i, hh, W_MODEL] = wts[i, hh, W_MODEL] * lam + 1.0
-        t, meta, nr = self.totals, lay.view(mat, "meta"), len(rows)
-        t.scored += np.bincount(hh, minlength=h)
-        t.abs_err += np.bincount(hh, ae.sum(axis=1) * self._per_k, minlength=h)
-        t.sq_err += np.bincount(hh, se.sum(axis=1) * self._per_k, minlength=h)
-        _ew(meta, rows, j, se.sum(axis=1) * self._per_k, MS_MODEL, MW_MODEL, lam, nr)
-        # baselines from the same stream's history (decayed only when they have a value)
-        hist, hist_t = lay.view(mat, "hist"), lay.view(mat, "hist_t")
-        r = lay.r
-        backs = [(hh + 1, P_ABS, W_PERS, 0)]
-        if self.season:
-            sl = self.season
-            backs.append((sl * np.ceil((hh + 1) / sl).astype(np.intp), S_ABS, W_SEAS, 1))
-        for back, col, wcol, row in backs:
-            when = tau[j] - back
-            pos = np.mod(when, r).astype(np.intp)
-            ok = hist_t[i, pos] == when
-            if not ok.any():
-                continue
-            be = hist[i[ok], pos[ok]] - a[ok]
-            bae, bse = np.abs(be), be * be
-            sub = m_sums[ok]
-            sub[..., col] = sub[..., col] * lam + bae
-            sub[..., col + 1] = sub[..., col + 1] * lam + bse
-            m_sums[ok] = sub
-            wts[i[ok], hh[ok], wcol] = wts[i[ok], hh[ok], wcol] * lam + 1.0
-            t.base_n[row] += np.bincount(hh[ok], minlength=h)
-            b_abs, b_sq = bae.sum(axis=1) * self._per_k, bse.sum(axis=1) * self._per_k
-            t.base_abs[row] += np.bincount(hh[ok], b_abs, minlength=h)
-            t.base_sq[row] += np.bincount(hh[ok], b_sq, minlength=h)
-            _ew(meta, rows, j[ok], b_sq, MS_PERS + row, MW_PERS + row, lam, nr)
-        # intervals: coverage of what was published, then quantile tracking
-        if self.coverages:
-            c = len(self.coverages)
-            rad = lay.view(mat, "rad")[i, slot, hh]  # [m, K, C]
-            miss = (ae[..., None] > rad).astype(np.float64)
-            m_sums[..., 6 : 6 + c] = m_sums[..., 6 : 6 + c] * lam + (1.0 - miss)
-            m_sums[..., 6 + c : 6 + 2 * c] = m_sums[..., 6 + c : 6 + 2 * c] * lam + 2.0 * rad
-            hit_k = (1.0 - miss).sum(axis=1) * self._per_k  # [m, C]
-            wid_k = 2.0 * rad.sum(axis=1) * self._per_k
-            for jc in range(c):
-                t.covered[jc] += np.bincount(hh, hit_k[:, jc], minlength=h)
-                t.width[jc] += np.bincount(hh, wid_k[:, jc], minlength=h)
-            if self.seeded:
-                scale = self.scale[hh]  # [m, K]
-            else:  # no trainer seed: the stream's own rolling MAE at that step
-                scale = m_sums[..., M_ABS] / wts[i, hh, W_MODEL][:, None]
-            q = lay.view(mat, "q")
-            q[i, hh] += s.lr * scale[..., None] * (miss - self.alpha)
-        sums[i, hh] = m_sums
-        meta[rows[j[hh == 0]], SCORED] += 1.0
-        return len(i)
-
-    def _remember(self, mat: np.ndarray, rows: np.ndarray, tau: np.ndarray,
-                  actual: np.ndarray) -> None:
-        """Keep the actual at tau for the baselines of later steps."""
-        lay = self.layout
-        pos = np.mod(tau, lay.r).astype(np.intp)
-        lay.view(mat, "hist")[rows, pos] = actual
-        lay.view(mat, "hist_t")[rows, pos] = np.where(np.isnan(actual).any(axis=1), np.nan, tau)
-
     def _periodic(
         self, mat: np.ndarray, tau: np.ndarray
     ) -> tuple[list[int], list[tuple[int, bool]]]:
         """Once per period: the drift alarm's count; which streams' scores are due."""
         lay, s = self.layout, self.settings
         meta = lay.view(mat, "meta")
-        new = ~(tau <= meta[:, LAST_EVAL])  # NaN (never) counts as new
         changed: list[tuple[int, bool]] = []
-        if self.can_score and new.any():
-            meta[new, LAST_EVAL] = tau[new]
-            idx = np.nonzero(new)[0]
-            ready = (meta[idx, SCORED] >= s.min_scored) & (meta[idx, STEPS] >= self.warmup)
-            bad = ready & self._bad(meta[idx])
-            good = ~bad
-            meta[idx, BAD] = np.where(bad, meta[idx, BAD] + 1, 0)
-            meta[idx, GOOD] = np.where(good, meta[idx, GOOD] + 1, 0)
-            alarm = meta[idx, ALARM] > 0
-            up = ~alarm & (meta[idx, BAD] >= s.periods)
-            down = alarm & (meta[idx, GOOD] >= s.periods)
-            meta[idx[up], ALARM] = 1.0
-            meta[idx[down], ALARM] = 0.0
-            changed = [(int(j), True) for j in idx[up]] + [(int(j), False) for j in idx[down]]
-        last = meta[:, LAST_PUB]
-        due_mask = (meta[:, SCORED] > 0) & ~(tau - last < s.every)
-        meta[due_mask, LAST_PUB] = tau[due_mask]
+        if self.can_score:
+            new = ~(tau <= meta[:, LAST_EVAL])  # NaN (never) counts as new
+            meta[:, LAST_EVAL] = np.where(new, tau, meta[:, LAST_EVAL])
+            ready = new & (meta[:, SCORED] >= s.min_scored) & (meta[:, STEPS] >= self.warmup)
+            bad = ready & self._bad(meta)
+            meta[:, BAD] = np.where(new, np.where(bad, meta[:, BAD] + 1, 0.0), meta[:, BAD])
+            meta[:, GOOD] = np.where(new, np.where(bad, 0.0, meta[:, GOOD] + 1), meta[:, GOOD])
+            alarm = meta[:, ALARM] > 0
+            up = new & ~alarm & (meta[:, BAD] >= s.periods)
+            down = new & alarm & (meta[:, GOOD] >= s.periods)
+            if up.any() or down.any():
+                meta[up, ALARM] = 1.0
+                meta[down, ALARM] = 0.0
+                changed = [(int(j), True) for j in np.nonzero(up)[0]] + \
+                    [(int(j), False) for j in np.nonzero(down)[0]]
+        due_mask = (meta[:, SCORED] > 0) & ~(tau - meta[:, LAST_PUB] < s.every)
+        meta[:, LAST_PUB] = np.where(due_mask, tau, meta[:, LAST_PUB])
         return np.nonzero(due_mask)[0].tolist(), changed
 
     def _bad(self, meta: np.ndarray) -> np.ndarray:
-        """Per stream: rolling RMSE above the best baseline's or the trainer's (× ratio)."""
-        model, base = self._rmse(meta)
-        best = np.where(np.isnan(base), np.inf, base).min(axis=1)
-        with np.errstate(invalid="ignore"):
-            bad = np.isfinite(best) & (model > best * self.settings.baseline_ratio)
-            if self.train_rmse is not None:
-                bad |= model > self.train_rmse * self.settings.train_ratio
+        """Per stream: rolling RMSE above the best baseline's or the trainer's (× ratio), as
+        mean squares (NaN: not scored yet)."""
+        w = meta[:, MW_MODEL : MW_SEAS + 1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ms = meta[:, MS_MODEL : MS_SEAS + 1] / w
+            best = np.where(w[:, 1:] > 0, ms[:, 1:], np.inf).min(axis=1)
+            bad = (best < np.inf) & (ms[:, 0] > best * self._ratio2)
+            if self._train2 is not None:
+                bad |= ms[:, 0] > self._train2
         return bad
 
     def _bad_one(self, meta: list[float]) -> bool:
         """`_bad` for one stream's meta as a list."""
-        rmse = [math.sqrt(meta[ms] / meta[mw]) if meta[mw] > 0 else math.nan
-                for ms, mw in ((MS_MODEL, MW_MODEL), (MS_PERS, MW_PERS), (MS_SEAS, MW_SEAS))]
-        model = rmse[0]
-        best = min((b for b in rmse[1:] if not math.isnan(b)), default=math.inf)
-        bad = math.isfinite(best) and model > best * self.settings.baseline_ratio
-        if self.train_rmse is not None:
-            bad = bad or model > self.train_rmse * self.settings.train_ratio
+        ms = [meta[a] / meta[w] if meta[w] > 0 else math.nan
+              for a, w in ((MS_MODEL, MW_MODEL), (MS_PERS, MW_PERS), (MS_SEAS, MW_SEAS))]
+        best = min((b for b in ms[1:] if not math.isnan(b)), default=math.inf)
+        bad = best < math.inf and ms[0] > best * self._ratio2
+        if self._train2 is not None:
+            bad = bad or ms[0] > self._train2
         return bad
-
-    @staticmethod
-    def _rmse(meta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Rolling RMSE over all horizon steps and targets of the model [n] and of persistence
-        and seasonal naive [n, 2] (NaN: not yet scored), from the streams' meta [n, N_META]."""
-        w = meta[:, MW_MODEL : MW_SEAS + 1]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            r = np.where(w > 0, np.sqrt(meta[:, MS_MODEL : MS_SEAS + 1] / w), np.nan)
-        return r[:, 0], r[:, 1:]
 
     # -- reading the figures -------------------------------------------------------------------
 
@@ -600,33 +657,31 @@ class Scorer:
 
     def intervals_many(self, y: np.ndarray, radii: np.ndarray) -> list[bytes]:
         """The `"intervals"` member of each prediction (`y` [n, H, K], `radii` [n, H, K, C]): per
-        coverage, [lo, hi] per horizon step (one target) or per step and target ([H][K][2])."""
+        coverage, [lo, hi] per horizon step (one target) or per step and target ([H][K][2]).
+        One serialisation for all streams, cut at the known separators: a regular nested array
+        of numbers has `]]...],[[...[` of its own depth between its top-level elements only."""
         n, h = radii.shape[:2]
-        cov = [_key(c) for c in self.coverages]
-        if n == 1 and radii.shape[2] == 1:  # one stream, one target: plain floats are faster
-            yf, rq = y.reshape(-1).tolist(), radii[0, :, 0, :].tolist()
-            return [_dumps({c: [[round(f - r[j], 6), round(f + r[j], 6)]
-                                for f, r in zip(yf, rq, strict=True)]
-                            for j, c in enumerate(cov)})]
         y = y.reshape(n, h, -1, 1)
         lohi = np.round(np.stack([y - radii, y + radii], axis=-1), 6)  # [n, H, K, C, 2]
         lohi = np.moveaxis(lohi, 3, 1)  # [n, C, H, K, 2]
         if lohi.shape[3] == 1:
             lohi = lohi[:, :, :, 0]  # [n, C, H, 2]
-        lohi = np.ascontiguousarray(lohi)  # orjson writes C-contiguous arrays only
-        return [_dumps({c: lohi[i, j] for j, c in enumerate(cov)}) for i in range(n)]
+        blocks = np.ascontiguousarray(lohi).reshape(-1, *lohi.shape[2:])  # orjson: C order
+        d = blocks.ndim - 1
+        raw = _dumps(blocks)
+        parts = raw[d + 1 : -d - 1].split(b"]" * d + b",[" + b"[" * (d - 1))
+        c = len(self.coverages)
+        doc = b"{" + b",".join(b'"%s":%s%%b%s' % (_key(v).encode(), b"[" * d, b"]" * d)
+                               for v in self.coverages) + b"}"
+        return [doc % tuple(parts[i * c : (i + 1) * c]) for i in range(n)]
 
 
-def _ew(meta: np.ndarray, rows: np.ndarray, j: np.ndarray, values: np.ndarray, col: int,
-        wcol: int, lam: float, n: int) -> None:
-    """Fold each stream's mean of `values` (grouped by `j`, positions in `rows`) into its
-    exponentially weighted column `col` (weight in `wcol`)."""
-    count = np.bincount(j, minlength=n)
-    has = count > 0
-    mean = np.bincount(j, values, minlength=n)[has] / count[has]
-    r = rows[has]
-    meta[r, col] = meta[r, col] * lam + mean
-    meta[r, wcol] = meta[r, wcol] * lam + 1.0
+def _extra(st: StreamState) -> list[np.ndarray]:
+    return [st.extra[EXTRA]]
+
+
+def _put_extra(st: StreamState, r: int, tables: list[np.ndarray]) -> None:
+    st.extra[EXTRA] = tables[0][r]
 
 
 def _key(c: float) -> str:

@@ -414,14 +414,14 @@ class Processor:
         self._pending.clear()
         self._seen.clear()
         try:
-            ys = self._run([p[1] for p in pending], [p[2] for p in pending],
-                           [p[3] for p in pending])
+            ys, batch = self._run([p[1] for p in pending], [p[2] for p in pending],
+                                  [p[3] for p in pending])
         except Exception as exc:
             log.exception("The model failed on %d observation(s)", n)
             for stream, _, _, _, _, topic, payload, _, _ in pending:
                 self.report(stream, "internal", f"{type(exc).__name__}: {exc}", topic, payload)
             return 0
-        intervals = self._score(pending, ys)
+        intervals = self._score(pending, ys, batch)
         advance = self.store.advance
         made = 0
         for i, ((stream, _, _, _, obs, topic, payload, period, publish), y) in enumerate(
@@ -446,12 +446,13 @@ class Processor:
     def _score(
         self, pending: list[Pending],
         ys: list[np.ndarray | None],
+        batch: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> dict[int, bytes]:
         """Self-scoring of one model step (edge/score.py): the actuals just observed score the
         forecasts that targeted them, the new forecasts get their intervals (their JSON is
         returned by position in `pending`), due scores and drift alarms are published. Its
         state is the stream's extra `SCORE`, recorded with the step by `store.advance`. Never
-        raises."""
+        raises. `batch`: the rows and forecasts of a batched run, which spares stacking them."""
         sc = self.scorer
         if sc is None:
             return {}
@@ -462,9 +463,12 @@ class Processor:
             items = [pending[i] for i in at]
             t = np.fromiter((p[2] for p in items), np.float64, len(items))
             tau = t / self.period if self.period else np.full(len(items), np.nan)
-            values = np.stack([p[3] for p in items])
-            y = np.stack([np.asarray(ys[i]).reshape(sc.horizon, -1) for i in at])
-            out = sc.step_many([p[1].extra[SCORE] for p in items], tau, values, y)
+            if batch is not None and len(at) == len(ys):
+                values, y = batch[0], batch[1].reshape(len(at), sc.horizon, -1)
+            else:
+                values = np.stack([p[3] for p in items])
+                y = np.stack([np.asarray(ys[i]).reshape(sc.horizon, -1) for i in at])
+            out = sc.step_states([p[1] for p in items], tau, values, y)
             for j, raised in out.changed:
                 self._drift(items[j][0], items[j][1], raised)
             if out.due:
@@ -502,19 +506,20 @@ class Processor:
             self.scorer.alarms = {s for s, st in self.store.streams.items()
                                   if SCORE in st.extra and self.scorer.alarm_of(st.extra[SCORE])}
 
-    def _run(self, states: list[StreamState], times: list[float],
-             rows: list[np.ndarray]) -> list[np.ndarray | None]:
+    def _run(self, states: list[StreamState], times: list[float], rows: list[np.ndarray]
+             ) -> tuple[list[np.ndarray | None], tuple[np.ndarray, np.ndarray] | None]:
         """The one place the model runs: advance each state (distinct streams) by its step (time
         and feature row), all in one session run with a dynamic-batch graph (one at a time
-        otherwise); forecasts keep a batch dimension of 1 (None while a window graph warms up)."""
+        otherwise); forecasts keep a batch dimension of 1 (None while a window graph warms up).
+        A batched run also returns its stacked rows and forecasts."""
         if not self.runner.batched:
             return [self.runner.step_one(st, x, t)
-                    for st, t, x in zip(states, times, rows, strict=True)]
+                    for st, t, x in zip(states, times, rows, strict=True)], None
         x = rows[0].reshape(1, -1) if len(rows) == 1 else np.stack(rows)
         t = np.fromiter(times, np.float64, len(times)) \
             if self.runner.time_input else None  # only graphs with calendar inputs take it
         ys = self.runner.step_many(states, x, t)
-        return [ys[i : i + 1] for i in range(len(states))]
+        return [ys[i : i + 1] for i in range(len(states))], (x, ys)
 
 
 class Service:

@@ -27,12 +27,14 @@ import os
 import struct
 import tempfile
 import time
+import weakref
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 from urllib.parse import quote, unquote
 
 import numpy as np
@@ -71,6 +73,96 @@ class StreamState:
     @property
     def warming(self) -> bool:
         return self.window is not None and self.filled < self.window.shape[0]
+
+
+class RowTables:
+    """Arrays that every stream has, kept as the rows of shared tables, so that streams stepped
+    together are gathered and scattered with one numpy call per table.
+
+    `get(st)` gives a stream's arrays; `put(st, r, tables)` makes them views of row r. A stream
+    whose arrays are not views of the current tables (new, reset, restored from a checkpoint,
+    carried over from another model) is copied in by `row`. Rows of streams that no longer exist
+    are reused; the tables double when full.
+    """
+
+    def __init__(
+        self,
+        shapes: list[tuple[int, ...]],
+        dtype: Any,
+        get: Callable[[StreamState], list[np.ndarray]],
+        put: Callable[[StreamState, int, list[np.ndarray]], None],
+        capacity: int = 256,
+    ) -> None:
+        self.tables = [np.zeros((capacity, *shape), dtype) for shape in shapes]
+        self._get, self._put = get, put
+        self._owners: list[weakref.ref[StreamState] | None] = [None] * capacity
+        self._row: dict[int, int] = {}  # id(stream state) -> row
+        self._free = list(range(capacity - 1, -1, -1))
+        self._views: list[np.ndarray | None] = [None] * capacity  # the first array put in each
+
+    def row(self, st: StreamState) -> int:
+        """The row of `st`, copying its arrays in first when they are not views of our tables."""
+        r = self._row.get(id(st))
+        arrays = self._get(st)
+        if r is not None and arrays and arrays[0] is self._views[r] and self._owner(r) is st:
+            return r
+        if r is None or self._owner(r) is not st:
+            r = self._take()
+            self._owners[r] = weakref.ref(st)
+            self._row[id(st)] = r
+        for table, value in zip(self.tables, arrays, strict=True):
+            table[r] = value.reshape(table.shape[1:])
+        self._put(st, r, self.tables)
+        self._views[r] = self._get(st)[0] if self.tables else None
+        return r
+
+    def rows(self, sts: list[StreamState]) -> np.ndarray:
+        """The rows of `sts` (see `row`), as an index array: the common case (each stream's
+        first array is the view it was given) checked inline, the rest by `row`."""
+        row_of, views, owners, get = self._row, self._views, self._owners, self._get
+        out = []
+        for st in sts:
+            r = row_of.get(id(st))
+            if r is None or get(st)[0] is not views[r] or (ref := owners[r]) is None \
+                    or ref() is not st:
+                r = self.row(st)
+            out.append(r)
+        return np.array(out, dtype=np.intp)
+
+    def _owner(self, r: int) -> StreamState | None:
+        ref = self._owners[r]
+        return ref() if ref is not None else None
+
+    def _take(self) -> int:
+        if not self._free:
+            for r, ref in enumerate(self._owners):  # rows of streams that are gone
+                st = ref() if ref is not None else None
+                if st is None or self._row.get(id(st)) != r:
+                    self._owners[r] = None
+                    self._free.append(r)
+            self._row = {i: r for i, r in self._row.items()
+                         if self._owners[r] is not None and id(self._owner(r)) == i}
+        if not self._free:
+            self._grow()
+        return self._free.pop()
+
+    def _grow(self) -> None:
+        n = len(self._owners)
+        old = self.tables
+        self.tables = [np.zeros((2 * n, *t.shape[1:]), t.dtype) for t in old]
+        for new, t in zip(self.tables, old, strict=True):
+            new[:n] = t
+        self._owners += [None] * n
+        self._views += [None] * n
+        self._free = list(range(2 * n - 1, n - 1, -1))
+        for r in range(n):  # point the live streams at the new tables
+            st = self._owner(r)
+            if st is None:
+                continue
+            arrays = self._get(st)
+            if arrays and arrays[0] is self._views[r]:
+                self._put(st, r, self.tables)
+                self._views[r] = self._get(st)[0]
 
 
 class StateStore:
