@@ -1,10 +1,12 @@
 """The daemon scores its own forecasts: prediction intervals, rolling errors, a drift alarm.
 
-No I/O, numpy only: the Processor calls `Scorer.step_many` once per model step with the streams
-stepped together, the step's time, the observed values and the forecasts; it returns the interval
-radii to publish, which streams' scores are due and which drift alarms changed. Many streams are
-scored with array operations; one stream (a batch-1 graph) in plain Python floats, where numpy's
-cost per call would dominate — the same arithmetic, held equal by a test.
+No I/O, numpy only: the Processor calls `Scorer.step_states` once per model step with the
+streams stepped together, the step's time, the observed values and the forecasts; it returns the
+interval radii to publish, which streams' scores are due and which drift alarms changed. Many
+streams are scored with array operations on the rows of one table (`RowTables`: one gather and
+one scatter per step), dense over [streams, horizon steps] with the cells that have nothing to
+score masked; one stream (a batch-1 graph) in plain Python floats, where numpy's cost per call
+would dominate — the same arithmetic, held equal by a test.
 
 Per stream and horizon step h (and target k):
 
@@ -24,9 +26,12 @@ Per stream and horizon step h (and target k):
   baseline's × `baseline_ratio` or the trainer's validation RMSE × `train_ratio`; `periods` bad
   periods in a row raise the alarm, as many good ones clear it.
 
-Everything lives in one float64 vector per stream (`Layout`), kept by the state store as the
-extra named `EXTRA`: journaled, snapshotted, spilled and restored with the model state, so a
-restart continues exactly where an uninterrupted run would be. Its shape depends on the horizon,
+Everything lives in one float64 vector per stream (`Layout`): the origin that issued in each
+slot (origin mod H), the forecasts and their published radii where their targets will look for
+them (target mod H, h), the radii, the rolling sums and their weights side by side, and the last
+actuals for the baselines. The state store keeps it as the extra named `EXTRA`: journaled,
+snapshotted, spilled and restored with the model state, so a restart continues exactly where an
+uninterrupted run would be. Its shape depends on the horizon,
 the targets, the coverages and the season: a model with another horizon starts scoring afresh.
 Two steps of a stream in one period (no grid) score once; the later forecast replaces the
 earlier one. The Prometheus totals (`Totals`) are per process.
@@ -54,11 +59,12 @@ except ImportError:  # pragma: no cover - the edge extra installs orjson
 
     def _plain(value: Any) -> Any:
         if isinstance(value, np.ndarray):
-            return [None if math.isnan(x) else x for x in value.tolist()] if value.ndim == 1 \
-                else [_plain(v) for v in value]
+            return _plain(value.tolist())
+        if isinstance(value, list):
+            return [_plain(v) for v in value]
         if isinstance(value, dict):
             return {k: _plain(v) for k, v in value.items()}
-        return value
+        return None if isinstance(value, float) and math.isnan(value) else value
 
     def _dumps(value: Any) -> bytes:
         return json.dumps(_plain(value), separators=(",", ":")).encode()
@@ -233,6 +239,7 @@ class Scorer:
         self.totals = Totals.zeros(h, len(self.coverages))
         self.alarms: set[str] = set()  # streams in alarm (resident or not), for the gauge
         self.table = RowTables([(self.layout.size,)], np.float64, _extra, _put_extra)
+        self._work = self._inc = np.empty((0, 0))
 
     # -- the one step ----------------------------------------------------------------------
 
@@ -265,7 +272,11 @@ class Scorer:
             return self._step_one(states[0].extra[EXTRA], float(tau[0]), values[0], y[0])
         table = self.table
         idx = table.rows(list(states))
-        mat = table.tables[0][idx]
+        if len(self._work) < len(idx):  # kept between steps: no fresh pages per step
+            self._work = np.empty((len(idx), self.layout.size))
+            self._inc = np.empty((len(idx), self._block.stop - self._block.start))
+        mat = self._work[: len(idx)]
+        np.take(table.tables[0], idx, axis=0, out=mat)
         out = self.step_rows(mat, tau, values, y)
         table.tables[0][idx] = mat
         return out
@@ -456,7 +467,8 @@ class Scorer:
         if not count:
             return 0
         a = actual[:, None, :]
-        inc = np.empty((n, self._block.stop - self._block.start))  # what the block takes
+        inc = self._inc[:n] if len(self._inc) >= n else \
+            np.empty((n, self._block.stop - self._block.start))  # what the block takes
         inc_s = inc[:, : h * k * m].reshape(n, h, k, m)
         err = lay.view(mat, "fc")[every, t_h] - a  # [n, H, K]
         ae = np.abs(err, out=inc_s[..., M_ABS])
@@ -635,20 +647,22 @@ class Scorer:
         """The retained score documents of these streams (see the README for the fields)."""
         f = self.figures(extras)
         keys = [k for k in f if k not in ("scored", "alarm", "coverage", "width")]
-        rounded = {k: np.round(f[k], 6) for k in [*keys, "coverage", "width"] if k in f}
+        # plain lists (NaN is written null): far cheaper per document than numpy rows
+        rounded = {k: np.round(f[k], 6).tolist() for k in [*keys, "coverage", "width"] if k in f}
+        scored, alarm = f["scored"].astype(np.int64).tolist(), (f["alarm"] > 0).tolist()
         cov = [_key(c) for c in self.coverages]
+        fixed: dict[str, Any] = {"model": model_id, "half_life": self.settings.half_life}
+        if self.season:
+            fixed["season"] = self.season
         out = []
         for i, (stream, t) in enumerate(zip(streams, ts, strict=True)):
-            doc: dict[str, Any] = {"stream": stream, "ts": t, "model": model_id,
-                                   "half_life": self.settings.half_life,
-                                   "scored": int(f["scored"][i]), "alarm": bool(f["alarm"][i])}
+            doc: dict[str, Any] = {"stream": stream, "ts": t, **fixed,
+                                   "scored": scored[i], "alarm": alarm[i]}
             for k in keys:
                 doc[k] = rounded[k][i]
-            if self.season:
-                doc["season"] = self.season
             if cov:
-                doc["coverage"] = {c: rounded["coverage"][i, j] for j, c in enumerate(cov)}
-                doc["width"] = {c: rounded["width"][i, j] for j, c in enumerate(cov)}
+                doc["coverage"] = dict(zip(cov, rounded["coverage"][i], strict=True))
+                doc["width"] = dict(zip(cov, rounded["width"][i], strict=True))
             out.append(_dumps(doc))
         return out
 
