@@ -376,13 +376,18 @@ class Scorer:
     def _score_one(self, v: list[float], tau: float, actual: list[float]) -> int:
         """`_score` for one stream on its vector as a list (see `_step_one`)."""
         o, h, k, c, r = self._off, self.horizon, self.layout.k, len(self.coverages), self.layout.r
-        m, lam, per_k, t = self.layout.m, self.decay, self._per_k, self.totals
+        m, lam, per_k = self.layout.m, self.decay, self._per_k
         mt, sm, wt, lr = o["meta"], o["sums"], o["wts"], self.settings.lr
         o_orig, o_fc, o_rad, o_q, o_hist, o_ht = (
             o["orig"], o["fc"], o["rad"], o["q"], o["hist"], o["hist_t"])
         alpha, scale_seed = self.alpha.tolist(), self.scale.tolist()
         t_slot = int(tau % h)
         events = 0
+        # the process's counters, summed here and added once: [scored, abs, sq] per h; per
+        # baseline [n, abs, sq] per h; coverage and width per c and h
+        d_model = [[0.0] * h for _ in range(3)]
+        d_base = [[[0.0] * h for _ in range(3)] for _ in range(2)]
+        d_cov = [[[0.0] * h for _ in range(c)] for _ in range(2)]
         se_means: list[float] = []
         base_means: tuple[list[float], list[float]] = ([], [])
         for hh in range(h):
@@ -401,9 +406,9 @@ class Scorer:
                 v[b + M_SQ] = v[b + M_SQ] * lam + se[kk]
             w = wt + hh * 3
             v[w + W_MODEL] = v[w + W_MODEL] * lam + 1.0
-            t.scored[hh] += 1.0
-            t.abs_err[hh] += sum(ae) * per_k
-            t.sq_err[hh] += sum(se) * per_k
+            d_model[0][hh] += 1.0
+            d_model[1][hh] += sum(ae) * per_k
+            d_model[2][hh] += sum(se) * per_k
             se_means.append(sum(se) * per_k)
             for back, col, wcol, row in self._backs_one[hh]:
                 when = tau - back
@@ -417,9 +422,10 @@ class Scorer:
                     v[b + col] = v[b + col] * lam + bae[kk]
                     v[b + col + 1] = v[b + col + 1] * lam + bse[kk]
                 v[w + wcol] = v[w + wcol] * lam + 1.0
-                t.base_n[row, hh] += 1.0
-                t.base_abs[row, hh] += sum(bae) * per_k
-                t.base_sq[row, hh] += sum(bse) * per_k
+                d = d_base[row]
+                d[0][hh] += 1.0
+                d[1][hh] += sum(bae) * per_k
+                d[2][hh] += sum(bse) * per_k
                 base_means[row].append(sum(bse) * per_k)
             if c:
                 for jc in range(c):
@@ -436,10 +442,21 @@ class Scorer:
                             else v[b + M_ABS] / v[w + W_MODEL]
                         qi = o_q + (hh * k + kk) * c + jc
                         v[qi] += lr * scale * (miss - alpha[jc])
-                    t.covered[jc, hh] += hit * per_k
-                    t.width[jc, hh] += wid * per_k
+                    d_cov[0][jc][hh] += hit * per_k
+                    d_cov[1][jc][hh] += wid * per_k
             if hh == 0:
                 v[mt + SCORED] += 1.0
+        t = self.totals
+        if events:
+            t.scored += d_model[0]
+            t.abs_err += d_model[1]
+            t.sq_err += d_model[2]
+            t.base_n += [d_base[0][0], d_base[1][0]]
+            t.base_abs += [d_base[0][1], d_base[1][1]]
+            t.base_sq += [d_base[0][2], d_base[1][2]]
+            if c:
+                t.covered += d_cov[0]
+                t.width += d_cov[1]
         for vals, col, wcol in ((se_means, MS_MODEL, MW_MODEL),
                                 (base_means[0], MS_PERS, MW_PERS),
                                 (base_means[1], MS_SEAS, MW_SEAS)):
@@ -675,6 +692,11 @@ class Scorer:
         One serialisation for all streams, cut at the known separators: a regular nested array
         of numbers has `]]...],[[...[` of its own depth between its top-level elements only."""
         n, h = radii.shape[:2]
+        if n == 1 and radii.shape[2] == 1:  # one stream, one target: plain floats are faster
+            yf, rq = y.reshape(-1).tolist(), radii[0, :, 0, :].tolist()
+            return [_dumps({_key(c): [[round(f - r[j], 6), round(f + r[j], 6)]
+                                      for f, r in zip(yf, rq, strict=True)]
+                            for j, c in enumerate(self.coverages)})]
         y = y.reshape(n, h, -1, 1)
         lohi = np.round(np.stack([y - radii, y + radii], axis=-1), 6)  # [n, H, K, C, 2]
         lohi = np.moveaxis(lohi, 3, 1)  # [n, C, H, K, 2]
