@@ -276,7 +276,7 @@ class Scorer:
             self._work = np.empty((len(idx), self.layout.size))
             self._inc = np.empty((len(idx), self._block.stop - self._block.start))
         mat = self._work[: len(idx)]
-        np.take(table.tables[0], idx, axis=0, out=mat)
+        np.take(table.tables[0], idx, axis=0, out=mat, mode="clip")  # "raise" copies via a buffer
         out = self.step_rows(mat, tau, values, y)
         table.tables[0][idx] = mat
         return out
@@ -657,7 +657,12 @@ class Scorer:
 
     def summary(self, extra: np.ndarray) -> dict[str, Any]:
         """One stream's rolling figures, JSON-ready (None where nothing was scored yet)."""
-        return json.loads(self.payloads(["-"], [None], "", [extra])[0])
+        return self.summaries([extra])[0]
+
+    def summaries(self, extras: Sequence[np.ndarray]) -> list[dict[str, Any]]:
+        """`summary` of several streams at once."""
+        n = len(extras)
+        return [json.loads(b) for b in self.payloads(["-"] * n, [None] * n, "", extras)]
 
     def payloads(self, streams: Sequence[str], ts: Sequence[Any], model_id: str,
                  extras: Sequence[np.ndarray]) -> list[bytes]:

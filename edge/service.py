@@ -469,8 +469,10 @@ class Processor:
                 values = np.stack([p[3] for p in items])
                 y = np.stack([np.asarray(ys[i]).reshape(sc.horizon, -1) for i in at])
             out = sc.step_states([p[1] for p in items], tau, values, y)
-            for j, raised in out.changed:
-                self._drift(items[j][0], items[j][1], raised)
+            if out.changed:
+                summaries = sc.summaries([items[j][1].extra[SCORE] for j, _ in out.changed])
+                for (j, raised), summary in zip(out.changed, summaries, strict=True):
+                    self._drift(items[j][0], raised, summary)
             if out.due:
                 due = [items[j] for j in out.due]
                 bodies = sc.payloads([p[0] for p in due], [p[4].ts_raw for p in due],
@@ -486,10 +488,10 @@ class Processor:
                           len(pending))
             return {}
 
-    def _drift(self, stream: str, st: StreamState, raised: bool) -> None:
-        """Publish a drift alarm raised or cleared on the events topic; count it."""
+    def _drift(self, stream: str, raised: bool, summary: dict[str, Any]) -> None:
+        """Publish a drift alarm raised or cleared on the events topic, with the stream's
+        rolling figures (`summary`); count it."""
         assert self.scorer is not None
-        summary = self.scorer.summary(st.extra[SCORE])
         if raised:
             self.scorer.alarms.add(stream)
         else:
