@@ -1,13 +1,15 @@
 """Benchmark: the daemon's own per-message path, without MQTT.
 
     .venv/bin/python bench/bench_processor.py [--streams 1000] [--rounds 30]
-        [--out bench/results/processor.json]
+        [--out bench/results/processor.json] [--scoring-cost]
 
 `Processor.handle_many` — decode, checks, the batched step of a dynamic-batch graph, encode —
 over rounds of one observation per stream, in slices of 256 as the worker takes them; the
 publisher is a list. Measured with orjson (what the daemon uses when it is installed) and with
 the standard library's json (its fallback), the same messages, median of 5 runs each.
-Prints a table and writes JSON. Not part of the test suite.
+With `--scoring-cost`: self-scoring on and off, alternated, over a batch-1 and a dynamic-batch
+graph (bench/results/processor-scoring.json). Prints a table and writes JSON. Not part of the test
+suite.
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ from edge.service import Processor, load_model
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(model: Path, streams: int, rounds: int) -> float:
+def run(model: Path, streams: int, rounds: int, scoring: bool = True) -> float:
     """µs per message of handle_many over `rounds` rounds (after one warm-up round)."""
-    cfg = EdgeConfig(model=str(model), subscribe=("in/+/temp",), client_id="bench")
+    cfg = EdgeConfig(model=str(model), subscribe=("in/+/temp",), client_id="bench",
+                     scoring=scoring)
     m, freq = load_model(cfg)
     out: list[tuple[str, bytes]] = []
 
@@ -63,7 +66,11 @@ def main() -> int:
     p.add_argument("--streams", type=int, default=1000)
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/processor.json")
+    p.add_argument("--scoring-cost", action="store_true", help="instead: self-scoring on and off "
+                   "(--no-scoring), alternated, over a batch-1 and a dynamic-batch graph")
     args = p.parse_args()
+    if args.scoring_cost:
+        return scoring_cost(args)
     load_before = os.getloadavg()
     fast = (edge.codec._loads, edge.codec._dumps, edge.codec._FAST_ERRORS)
 
@@ -95,6 +102,39 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"\nwrote {args.out}")
+    return 0
+
+
+def scoring_cost(args: argparse.Namespace) -> int:
+    """µs per message with and without self-scoring (alternated, median of 7), per graph."""
+    load_before = os.getloadavg()
+    result: dict[str, Any] = {"cpus": os.cpu_count(), "load_before": load_before,
+                              "streams": args.streams}
+    with tempfile.TemporaryDirectory() as tmp:
+        for batch in ("1", "dynamic"):
+            model = build_model(Path(tmp) / f"m{batch}.onnx", units=32, horizon=6, batch=batch,
+                                model_id="bench")
+            runs: dict[str, list[float]] = {"with": [], "without": []}
+            for _ in range(7):
+                runs["with"].append(run(model, args.streams, args.rounds, True))
+                runs["without"].append(run(model, args.streams, args.rounds, False))
+            med = {k: statistics.median(v) for k, v in runs.items()}
+            result[batch] = {"us_per_message": med, "runs": runs,
+                             "ratio": med["with"] / med["without"]}
+    result["load_after"] = os.getloadavg()
+    print(f"\n{args.streams} streams, 1x32 LSTM (H=6), slices of 256, median of 7 alternated "
+          f"runs; load {load_before[0]:.2f} before, {result['load_after'][0]:.2f} after")
+    print("| graph | µs/message with scoring | without | with / without |")
+    print("|---|---|---|---|")
+    for batch in ("1", "dynamic"):
+        r = result[batch]
+        print(f"| batch {batch} | {r['us_per_message']['with']:.1f} | "
+              f"{r['us_per_message']['without']:.1f} | {r['ratio']:.2f} |")
+    out = args.out.with_name("processor-scoring.json") if args.out.name == "processor.json" \
+        else args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {out}")
     return 0
 
 

@@ -190,7 +190,8 @@ class Processor:
         self._topics: dict[tuple[str, str], str] = {}
         self._log_limit = LogLimiter(LOG_EVERY)
         # observations admitted and waiting for their step: one per stream, at most `_limit`
-        self._limit = config.max_batch if self.runner.batched else 1
+        # (a batch-1 graph steps them one by one, and they are scored and published together)
+        self._limit = config.max_batch
         self._pending: list[Pending] = []
         self._fills = config.publish_fills == "all"
         # grid: stream -> when the timer closes its open period (built from the store at the
@@ -414,18 +415,23 @@ class Processor:
         self._pending.clear()
         self._seen.clear()
         try:
-            ys, batch = self._run([p[1] for p in pending], [p[2] for p in pending],
-                                  [p[3] for p in pending])
-        except Exception as exc:
+            ran = self._run([p[1] for p in pending], [p[2] for p in pending],
+                            [p[3] for p in pending])
+        except Exception as exc:  # a batched run: nothing stepped
             log.exception("The model failed on %d observation(s)", n)
             for stream, _, _, _, _, topic, payload, _, _ in pending:
                 self.report(stream, "internal", f"{type(exc).__name__}: {exc}", topic, payload)
             return 0
-        intervals = self._score(pending, ys, batch)
+        ys = ran.ys
+        intervals = self._score(pending, ys, ran.batch)
         advance = self.store.advance
         made = 0
         for i, ((stream, _, _, _, obs, topic, payload, period, publish), y) in enumerate(
                 zip(pending, ys, strict=True)):
+            if i in ran.failed:  # one at a time: that stream alone was not stepped
+                err = ran.failed[i]
+                self.report(stream, "internal", f"{type(err).__name__}: {err}", topic, payload)
+                continue
             advance(stream, obs.t)
             if y is None or not publish:  # a window graph still warming up; a quiet fill
                 continue
@@ -436,9 +442,9 @@ class Processor:
                 log.exception("Unexpected failure on %s (payload %r)", topic, truncate(payload))
                 self.report(stream, "internal", f"{type(exc).__name__}: {exc}", topic, payload)
         if made:
-            self.metrics.model_runs += 1
+            self.metrics.model_runs += ran.runs
             observe = self.metrics.step_seconds.observe
-            per = self.runner.last_seconds / n
+            per = ran.seconds / n
             for _ in range(made):
                 observe(per)
         return made
@@ -509,19 +515,45 @@ class Processor:
                                   if SCORE in st.extra and self.scorer.alarm_of(st.extra[SCORE])}
 
     def _run(self, states: list[StreamState], times: list[float], rows: list[np.ndarray]
-             ) -> tuple[list[np.ndarray | None], tuple[np.ndarray, np.ndarray] | None]:
+             ) -> Ran:
         """The one place the model runs: advance each state (distinct streams) by its step (time
-        and feature row), all in one session run with a dynamic-batch graph (one at a time
-        otherwise); forecasts keep a batch dimension of 1 (None while a window graph warms up).
-        A batched run also returns its stacked rows and forecasts."""
-        if not self.runner.batched:
-            return [self.runner.step_one(st, x, t)
-                    for st, t, x in zip(states, times, rows, strict=True)], None
+        and feature row), all in one session run with a dynamic-batch graph (all or nothing: it
+        raises), one at a time otherwise (a stream whose run fails is left as it was and listed
+        in `failed`); forecasts keep a batch dimension of 1 (None while a window graph warms
+        up)."""
+        runner = self.runner
+        if not runner.batched:
+            ys: list[np.ndarray | None] = []
+            failed: dict[int, Exception] = {}
+            seconds = 0.0
+            for i, (st, ti, xi) in enumerate(zip(states, times, rows, strict=True)):
+                try:
+                    ys.append(runner.step_one(st, xi, ti))
+                    seconds += runner.last_seconds
+                except Exception as exc:
+                    log.exception("The model failed on one observation")
+                    ys.append(None)
+                    failed[i] = exc
+            return Ran(ys, None, failed, seconds, len(states) - len(failed))
         x = rows[0].reshape(1, -1) if len(rows) == 1 else np.stack(rows)
         t = np.fromiter(times, np.float64, len(times)) \
-            if self.runner.time_input else None  # only graphs with calendar inputs take it
-        ys = self.runner.step_many(states, x, t)
-        return [ys[i : i + 1] for i in range(len(states))], (x, ys)
+            if runner.time_input else None  # only graphs with calendar inputs take it
+        out = runner.step_many(states, x, t)
+        return Ran([out[i : i + 1] for i in range(len(states))], (x, out), {},
+                   runner.last_seconds, 1)
+
+
+@dataclass
+class Ran:
+    """What one `Processor._run` did: the forecasts by position, the stacked rows and forecasts
+    of a batched run, the streams whose run failed (one at a time only), the session time and
+    the number of session runs."""
+
+    ys: list[np.ndarray | None]
+    batch: tuple[np.ndarray, np.ndarray] | None
+    failed: dict[int, Exception]
+    seconds: float
+    runs: int
 
 
 class Service:

@@ -164,6 +164,53 @@ def test_batch_one_graph_is_stepped_one_by_one(twins: tuple[Path, Path]) -> None
     assert made == proc.metrics.model_runs == proc.metrics.predictions_out > 50
 
 
+def test_batch_one_graph_scores_streams_together_and_a_failed_run_costs_its_stream_alone(
+        twins: tuple[Path, Path]) -> None:
+    """A batch-1 graph steps the streams of one call one by one and scores and publishes them
+    together (intervals on every forecast); when the run fails for one stream, that stream alone
+    gets an internal error and keeps its state and time, and the others go on."""
+    proc, sink = processor(twins[0], max_batch=16)
+    streams = [f"s{i}" for i in range(5)]
+
+    def hour(h: int) -> list[tuple[str, bytes]]:
+        return [(f"sensors/{s}/x", json.dumps({"ts": 3600 * (h + 1), "temp": 40.0 + i + h,
+                                               "hum": 50.0}).encode())
+                for i, s in enumerate(streams)]
+
+    assert proc.handle_many(hour(0)) == 5
+    sizes: list[int] = []
+    step_many = proc.scorer.step_states if proc.scorer is not None else None
+    assert step_many is not None
+
+    def recording(states: Any, *args: Any) -> Any:
+        sizes.append(len(states))
+        return step_many(states, *args)
+
+    proc.scorer.step_states = recording  # type: ignore[union-attr,method-assign]
+    broken = proc.store.streams["s2"]
+    before = [a.copy() for a in broken.state]
+    step_one = proc.runner.step_one
+
+    def failing(st: StreamState, x: np.ndarray, t: float = 0.0) -> np.ndarray | None:
+        if st is broken:
+            raise RuntimeError("boom")
+        return step_one(st, x, t)
+
+    proc.runner.step_one = failing  # type: ignore[method-assign]
+    sink.messages.clear()
+    assert proc.handle_many(hour(1)) == 4
+    assert sizes == [4]  # the four stepped streams, scored in one call
+    forecasts = [d for d in sink.messages if "forecast" in d[1]]
+    assert sorted(d["stream"] for _, d in forecasts) == ["s0", "s1", "s3", "s4"]
+    assert all("intervals" in d for _, d in forecasts)
+    errors = [d for _, d in sink.messages if d.get("reason") == "internal"]
+    assert [e["stream"] for e in errors] == ["s2"] and "boom" in errors[0]["detail"]
+    assert broken.count == 1 and broken.last_t == 3600.0
+    for a, b in zip(before, broken.state, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert proc.store.streams["s1"].count == 2
+
+
 def test_batch_settings_from_flags_toml_and_their_limits(tmp_path: Path) -> None:
     from edge.cli import build_parser, config_from_args
     from edge.errors import EdgeError
