@@ -236,6 +236,7 @@ class Scorer:
         self.layout.view(t, "meta")[0, LAST_EVAL] = np.nan
         self.layout.view(t, "meta")[0, LAST_TAU] = np.nan
         self.layout.view(t, "q")[0] = q0
+        self.template.flags.writeable = False  # shared by new streams until their first step
         self.totals = Totals.zeros(h, len(self.coverages))
         self.alarms: set[str] = set()  # streams in alarm (resident or not), for the gauge
         self.table = RowTables([(self.layout.size,)], np.float64, _extra, _put_extra)
@@ -268,9 +269,10 @@ class Scorer:
         """`step_many` on the streams' states (their extra `EXTRA`): gathered from and scattered
         back to the scorer's table with one numpy call each, which also holds them between
         steps (see `RowTables`)."""
-        if len(states) == 1:
-            return self._step_one(states[0].extra[EXTRA], float(tau[0]), values[0], y[0])
         table = self.table
+        if len(states) == 1:
+            row = table.tables[0][table.row(states[0])]
+            return self._step_one(row, float(tau[0]), values[0], y[0])
         idx = table.rows(list(states))
         if len(self._work) < len(idx):  # kept between steps: no fresh pages per step
             self._work = np.empty((len(idx), self.layout.size))

@@ -221,7 +221,7 @@ class StateStore:
             window = np.zeros((self.lookback, self.n_features), dtype=np.float32)
         return StreamState(
             state=[z.copy() for z in self._zero], window=window,
-            extra={k: v.copy() for k, v in self.extras.items()},
+            extra={k: _fresh(v) for k, v in self.extras.items()},
         )
 
     def get(self, stream: str) -> StreamState | None:
@@ -279,7 +279,7 @@ class StateStore:
         out = {}
         for name, zero in self.extras.items():
             v = extra.get(name)
-            out[name] = v if v is not None and v.shape == zero.shape else zero.copy()
+            out[name] = v if v is not None and v.shape == zero.shape else _fresh(zero)
         return out
 
     def _touch(self, stream: str, st: StreamState) -> None:
@@ -646,6 +646,13 @@ class StateStore:
         self._evicted.clear()
         self._dirty = False
         return len(streams)
+
+
+def _fresh(template: np.ndarray) -> np.ndarray:
+    """A new stream's copy of an extra's template; a read-only template is shared instead (its
+    owner replaces it before writing, as the scorer's `RowTables` does), which spares a copy
+    per stream that would be garbage after the stream's first step."""
+    return template if not template.flags.writeable else template.copy()
 
 
 def checkpoint_name(model_id: str) -> str:
