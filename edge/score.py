@@ -240,7 +240,6 @@ class Scorer:
         self.totals = Totals.zeros(h, len(self.coverages))
         self.alarms: set[str] = set()  # streams in alarm (resident or not), for the gauge
         self.table = RowTables([(self.layout.size,)], np.float64, _extra, _put_extra)
-        self._work = self._inc = np.empty((0, 0))
 
     # -- the one step ----------------------------------------------------------------------
 
@@ -274,11 +273,7 @@ class Scorer:
             row = table.tables[0][table.row(states[0])]
             return self._step_one(row, float(tau[0]), values[0], y[0])
         idx = table.rows(list(states))
-        if len(self._work) < len(idx):  # kept between steps: no fresh pages per step
-            self._work = np.empty((len(idx), self.layout.size))
-            self._inc = np.empty((len(idx), self._block.stop - self._block.start))
-        mat = self._work[: len(idx)]
-        np.take(table.tables[0], idx, axis=0, out=mat, mode="clip")  # "raise" copies via a buffer
+        mat = table.tables[0][idx]
         out = self.step_rows(mat, tau, values, y)
         table.tables[0][idx] = mat
         return out
@@ -486,8 +481,7 @@ class Scorer:
         if not count:
             return 0
         a = actual[:, None, :]
-        inc = self._inc[:n] if len(self._inc) >= n else \
-            np.empty((n, self._block.stop - self._block.start))  # what the block takes
+        inc = np.empty((n, self._block.stop - self._block.start))  # what the block takes
         inc_s = inc[:, : h * k * m].reshape(n, h, k, m)
         err = lay.view(mat, "fc")[every, t_h] - a  # [n, H, K]
         ae = np.abs(err, out=inc_s[..., M_ABS])
