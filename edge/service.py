@@ -271,7 +271,7 @@ class Processor:
         JSON of its intervals when given."""
         body = self.encoder.prediction(stream, obs, y, period)
         if intervals is not None:
-            body = body[:-1] + b',"intervals":' + intervals + b"}"
+            body = b"".join((body[:-1], b',"intervals":', intervals, b"}"))
         if self.publish_forecast(self.topic(self.config.publish, stream), body, self.qos):
             self.metrics.predictions_out += 1
         else:
@@ -437,7 +437,7 @@ class Processor:
                 continue
             made += 1
             try:
-                self._emit(stream, obs, y, period, intervals.get(i))
+                self._emit(stream, obs, y, period, intervals[i] if intervals else None)
             except Exception as exc:
                 log.exception("Unexpected failure on %s (payload %r)", topic, truncate(payload))
                 self.report(stream, "internal", f"{type(exc).__name__}: {exc}", topic, payload)
@@ -453,7 +453,7 @@ class Processor:
         self, pending: list[Pending],
         ys: list[np.ndarray | None],
         batch: tuple[np.ndarray, np.ndarray] | None = None,
-    ) -> dict[int, bytes]:
+    ) -> list[bytes | None]:
         """Self-scoring of one model step (edge/score.py): the actuals just observed score the
         forecasts that targeted them, the new forecasts get their intervals (their JSON is
         returned by position in `pending`), due scores and drift alarms are published. Its
@@ -461,11 +461,11 @@ class Processor:
         raises. `batch`: the rows and forecasts of a batched run, which spares stacking them."""
         sc = self.scorer
         if sc is None:
-            return {}
+            return []
         try:
             at = [i for i, y in enumerate(ys) if y is not None]
             if not at:
-                return {}
+                return []
             items = [pending[i] for i in at]
             t = np.fromiter((p[2] for p in items), np.float64, len(items))
             tau = t / self.period if self.period else np.full(len(items), np.nan)
@@ -487,12 +487,18 @@ class Processor:
                     self.publish_retained(self.topic(self.config.score, stream), body, self.qos)
                     self.metrics.stream_score(stream, sc, st.extra[SCORE])
             if out.radii is None:
-                return {}
-            return dict(zip(at, sc.intervals_many(y, out.radii), strict=True))
+                return []
+            issued = sc.intervals_many(y, out.radii)
+            if len(at) == len(pending):
+                return list(issued)
+            by: list[bytes | None] = [None] * len(pending)
+            for i, text in zip(at, issued, strict=True):
+                by[i] = text
+            return by
         except Exception:
             log.exception("Scoring failed on %d forecast(s); they go out without intervals",
                           len(pending))
-            return {}
+            return []
 
     def _drift(self, stream: str, raised: bool, summary: dict[str, Any]) -> None:
         """Publish a drift alarm raised or cleared on the events topic, with the stream's
