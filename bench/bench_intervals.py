@@ -139,7 +139,8 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--shift", type=float, help="level shift added halfway through the tail "
                    "(default 3 × the standard deviation of the series' hourly changes)")
-    p.add_argument("--lr", type=float, default=0.05, help="score_lr")
+    p.add_argument("--lr", type=float, default=EdgeConfig.score_lr, help="score_lr")
+    p.add_argument("--scorecast", type=float, help="score_scorecast (default: the daemon's)")
     p.add_argument("--train-ratio", type=float, default=2.0, help="drift_train_ratio")
     p.add_argument("--work", type=Path, help="keep the run and model here (reused when there)")
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/intervals.json")
@@ -159,7 +160,8 @@ def main() -> int:
     seed = {c: np.array([np.interp(float(c), levels, row[0]) for row in conf["abs_quantiles"]])
             for c in COVERAGES}
 
-    settings = {"score_lr": args.lr, "drift_train_ratio": args.train_ratio}
+    settings = {"score_lr": args.lr, "drift_train_ratio": args.train_ratio,
+                "score_scorecast": args.scorecast}
     rec = replay(model, times, values, start, **settings)
     plain = tail_table(rec, values, start, n, h, seed)
     t0, t1 = rec.totals0, rec.totals1

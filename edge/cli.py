@@ -98,7 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--score-every", type=float, metavar="PERIODS", help="publish a stream's scores at most "
         "once per this many periods (default 12)")
     add("--score-lr", type=float, metavar="X", help="interval adaptation step, × the trainer's "
-        "validation RMSE (default 0.05)")
+        "validation RMSE (default 0.1)")
+    add("--score-scorecast", type=float, metavar="PERIODS", help="half-life of the intervals' "
+        "scorecaster, the recent mean |error| they are built on (default a quarter of the "
+        "season, 6 periods without one; 0 for none)")
     add("--score-per-stream", action="store_true", default=None, help="per-stream score gauges "
         "on /metrics (one series per stream: mind the cardinality)")
     add("--drift-baseline-ratio", type=float, metavar="X", help="drift: rolling RMSE above the "
@@ -166,7 +169,7 @@ FLAG_KEYS = (
     "metrics_host", "log_level", "max_batch", "max_delay_ms", "commit_interval", "commit_max",
     "fsync", "stream_ttl", "max_resident", "record", "ha_discovery", "ha_steps",
     "retain_forecasts", "ts_field", "ts", "grace", "publish_fills",
-    "score", "intervals", "scoring", "score_half_life",
+    "score", "intervals", "scoring", "score_half_life", "score_scorecast",
     "score_every", "score_lr", "score_per_stream", "drift_baseline_ratio", "drift_train_ratio",
     "drift_periods", "drift_min_scored",
 )

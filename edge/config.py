@@ -166,7 +166,9 @@ class EdgeConfig:
     intervals: tuple[float, ...] = (0.8, 0.95)
     score_half_life: float = 48.0
     score_every: float = 12.0
-    score_lr: float = 0.05
+    score_lr: float = 0.1
+    # the intervals' scorecaster: half-life in periods (None: a quarter of the season; 0: none)
+    score_scorecast: float | None = None
     score_per_stream: bool = False
     drift_baseline_ratio: float = 1.0
     drift_train_ratio: float = 2.0
@@ -272,6 +274,8 @@ class EdgeConfig:
                 raise EdgeError(f"{name} must be positive")
         if self.score_every < 0:
             raise EdgeError("score_every must not be negative")
+        if self.score_scorecast is not None and not self.score_scorecast >= 0:
+            raise EdgeError("score_scorecast must be a half-life in periods, or 0 for none")
         if self.drift_periods < 1 or self.drift_min_scored < 0:
             raise EdgeError("drift_periods must be at least 1 and drift_min_scored at least 0")
 
@@ -279,7 +283,8 @@ class EdgeConfig:
         """What edge/score.py needs; no intervals when scoring is off."""
         return ScoreSettings(
             intervals=self.intervals if self.scoring else (), half_life=self.score_half_life,
-            lr=self.score_lr, every=self.score_every, baseline_ratio=self.drift_baseline_ratio,
+            lr=self.score_lr, scorecast=self.score_scorecast, every=self.score_every,
+            baseline_ratio=self.drift_baseline_ratio,
             train_ratio=self.drift_train_ratio, periods=self.drift_periods,
             min_scored=self.drift_min_scored,
         )
@@ -330,7 +335,7 @@ _INT_KEYS = {
 _FLOAT_KEYS = {
     "checkpoint_interval", "reconnect_min", "reconnect_max", "max_delay_ms", "commit_interval",
     "stream_ttl", "grace", "score_half_life", "score_every", "score_lr", "drift_baseline_ratio",
-    "drift_train_ratio",
+    "drift_train_ratio", "score_scorecast",
 }
 
 

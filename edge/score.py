@@ -10,14 +10,19 @@ would dominate — the same arithmetic, held equal by a test.
 
 Per stream and horizon step h (and target k):
 
-* Intervals: forecast ± q[h, k, c] for each coverage c. q starts at the trainer's split-conformal
-  radius (the ceil((n+1)c)/n quantile of |validation error|, manifest field `conformal`) and
-  follows the stream by quantile tracking, the P part of conformal PID control (Angelopoulos,
-  Candès & Tibshirani 2023): when the actual of a forecast made h+1 steps ago arrives,
-  q ← q + η·(miss − (1 − c)), miss = 1 if |error| exceeded the radius that forecast was
-  published with, η = lr × the trainer's validation RMSE at (h, k). O(1) memory and work per
-  update, and for any sequence the long-run miss rate is 1 − c within (B + η)/(ηT) (B bounds
-  the errors), so coverage holds under drift without keeping residuals.
+* Intervals: forecast ± (g[h, k] + q[h, k, c]) for each coverage c — conformal PID control
+  (Angelopoulos, Candès & Tibshirani 2023) with its two cheapest parts. The scorecaster g is the
+  recent mean |error| (exponentially weighted, half-life `scorecast`: a quarter of the season by
+  default), which follows a change in the size of the errors within a few periods; q is
+  quantile tracking (the P part) on what g leaves: when the actual of a forecast made h+1
+  steps ago arrives, q ← q + η·(miss − (1 − c)), miss = 1 if |error| exceeded the radius that
+  forecast was published with, η = lr × the trainer's validation RMSE at (h, k). g starts at
+  the trainer's validation MAE and q at the split-conformal radius (the ceil((n+1)c)/n quantile
+  of |validation error|, manifest field `conformal`) minus it. O(1) memory and work per update,
+  and for any sequence the long-run miss rate is 1 − c within (B + η)/(ηT) whatever g does (B
+  bounds the errors), so coverage holds under drift without keeping residuals; the scorecaster
+  makes a shift in the errors cost a few misses instead of a season of them — which quantile
+  tracking alone would then pay back with a season's worth of over-wide intervals.
 * Scores: exponentially weighted (half-life in periods) MAE and RMSE of the model, persistence
   (the actual h+1 periods before the target) and seasonal naive (the actual one season before,
   as many seasons back as needed), interval coverage and width — all from the same stream.
@@ -87,7 +92,8 @@ class ScoreSettings:
 
     intervals: tuple[float, ...] = (0.8, 0.95)
     half_life: float = 48.0
-    lr: float = 0.05
+    lr: float = 0.1
+    scorecast: float | None = None  # half-life in periods; None: a quarter season; 0: none
     every: float = 12.0
     baseline_ratio: float = 1.0
     train_ratio: float = 2.0
@@ -107,7 +113,8 @@ class Layout:
             "orig": (h,),  # the origin (period) that issued in slot origin mod H, NaN: none
             "fc": (h, h, k),  # forecasts waiting for their actuals, by (target mod H, h)
             "rad": (h, h, k, c),  # the radii they were published with, the same way
-            "q": (h, k, c),  # the current radii
+            "q": (h, k, c),  # the quantile trackers: the radius is g + q
+            "g": (h, k),  # the scorecaster: the recent mean |error|
             "sums": (h, k, self.m),
             "wts": (h, 3),
             "hist": (r, k),  # the last r actuals, by period index mod r
@@ -188,6 +195,9 @@ class Scorer:
         self.decay = 0.5 ** (1.0 / settings.half_life)
         # targets are averaged; a classifier's squared errors are summed over its classes (Brier)
         self._per_k = 1.0 if self.classify else 1.0 / k
+        # the scorecaster's half-life: a quarter of the season by default (6 periods without one)
+        hl = settings.scorecast if settings.scorecast is not None else (s / 4 if s else 6.0)
+        self._g_lam = 0.5 ** (1.0 / hl) if hl > 0 else None
         self._hs = np.arange(h)
         self._ahead = np.arange(1.0, h + 1.0)  # a forecast at step h targets origin + h + 1
         # the baselines: persistence (the actual h + 1 periods back), seasonal naive
@@ -223,7 +233,8 @@ class Scorer:
             for hh in range(h)]
         self._off = {name: sl.start for name, (sl, _) in self.layout.slices.items()}
         self.warmup = m.warmup
-        self.seeded, q0, self.scale, self.train_rmse = _seed(m.conformal, h, k, self.coverages)
+        self.seeded, q0, self.scale, self.train_rmse, g0 = _seed(m.conformal, h, k,
+                                                                 self.coverages)
         # the drift alarm compares mean squares: (RMSE × ratio)²
         self._ratio2 = settings.baseline_ratio ** 2
         self._train2 = None if self.train_rmse is None else \
@@ -235,6 +246,9 @@ class Scorer:
         self.layout.view(t, "meta")[0, LAST_PUB] = np.nan
         self.layout.view(t, "meta")[0, LAST_EVAL] = np.nan
         self.layout.view(t, "meta")[0, LAST_TAU] = np.nan
+        if self._g_lam is not None:  # the trainer's MAE, and the trackers the rest of the way
+            self.layout.view(t, "g")[0] = g0
+            q0 = q0 - g0[..., None]
         self.layout.view(t, "q")[0] = q0
         self.template.flags.writeable = False  # shared by new streams until their first step
         self.totals = Totals.zeros(h, len(self.coverages))
@@ -304,7 +318,7 @@ class Scorer:
         t_slot = self._target_slot[t_h]  # [n, H]
         radii = None
         if self.coverages:
-            radii = np.maximum(lay.view(mat, "q"), 0.0)
+            radii = np.maximum(lay.view(mat, "q") + lay.view(mat, "g")[..., None], 0.0)
             lay.view(mat, "rad")[every[:, None], t_slot, self._hs] = radii
         lay.view(mat, "fc")[every[:, None], t_slot, self._hs] = y.reshape(n, h, -1)
         issued = (meta[:, STEPS] > self.warmup) & self.can_score  # warm-up: not scored
@@ -340,7 +354,9 @@ class Scorer:
         radii = None
         yf = y.reshape(-1).tolist()
         hkc = k * c
-        rq = [max(qv, 0.0) for qv in v[o["q"] : o["q"] + h * hkc]] if c else []
+        gs = v[o["g"] : o["g"] + h * k]
+        rq = [max(qv + gs[i // c], 0.0) for i, qv in enumerate(v[o["q"] : o["q"] + h * hkc])] \
+            if c else []
         o_fc, o_rad = o["fc"], o["rad"]
         for hh in range(h):
             cell = int((tau + hh + 1) % h) * h + hh  # (target slot, h)
@@ -375,8 +391,8 @@ class Scorer:
         o, h, k, c, r = self._off, self.horizon, self.layout.k, len(self.coverages), self.layout.r
         m, lam, per_k = self.layout.m, self.decay, self._per_k
         mt, sm, wt, lr = o["meta"], o["sums"], o["wts"], self.settings.lr
-        o_orig, o_fc, o_rad, o_q, o_hist, o_ht = (
-            o["orig"], o["fc"], o["rad"], o["q"], o["hist"], o["hist_t"])
+        o_orig, o_fc, o_rad, o_q, o_hist, o_ht, o_g = (
+            o["orig"], o["fc"], o["rad"], o["q"], o["hist"], o["hist_t"], o["g"])
         alpha, scale_seed = self.alpha.tolist(), self.scale.tolist()
         t_slot = int(tau % h)
         events = 0
@@ -441,6 +457,11 @@ class Scorer:
                         v[qi] += lr * scale * (miss - alpha[jc])
                     d_cov[0][jc][hh] += hit * per_k
                     d_cov[1][jc][hh] += wid * per_k
+                if self._g_lam is not None:
+                    lam_g = self._g_lam
+                    for kk in range(k):
+                        gi = o_g + hh * k + kk
+                        v[gi] = v[gi] * lam_g + (1.0 - lam_g) * ae[kk]
             if hh == 0:
                 v[mt + SCORED] += 1.0
         t = self.totals
@@ -555,6 +576,9 @@ class Scorer:
                 q += step
             else:
                 q += np.where(valid[:, :, None, None], step, 0.0)
+            if self._g_lam is not None:  # the scorecaster follows the errors just scored
+                g, lam = lay.view(mat, "g"), self._g_lam
+                g[...] = np.where(valid[:, :, None], g * lam + (1.0 - lam) * ae, g)
         return count
 
     def _actual(self, values: np.ndarray) -> np.ndarray:
@@ -726,21 +750,26 @@ def _key(c: float) -> str:
 
 
 def _seed(conformal: dict[str, Any], h: int, k: int, coverages: tuple[float, ...]
-          ) -> tuple[bool, np.ndarray, np.ndarray, float | None]:
-    """(seeded, q0 [H, K, C], scale [H, K], training RMSE) from the manifest's `conformal`
-    field; unseeded (zero radii that learn from the stream) when absent or of another shape."""
+          ) -> tuple[bool, np.ndarray, np.ndarray, float | None, np.ndarray]:
+    """(seeded, q0 [H, K, C], scale [H, K], training RMSE, MAE [H, K]) from the manifest's
+    `conformal` field; unseeded (zero radii that learn from the stream) when absent or of
+    another shape."""
     zero = np.zeros((h, k, len(coverages)))
+    unseeded = False, zero, np.ones((h, k)), None, np.zeros((h, k))
     try:
         levels = np.asarray(conformal["levels"], dtype=np.float64)
         qs = np.asarray(conformal["abs_quantiles"], dtype=np.float64)
         rmse = np.asarray(conformal["rmse"], dtype=np.float64)
+        mae = np.asarray(conformal.get("mae", 0.8 * rmse), dtype=np.float64)
     except (KeyError, TypeError, ValueError):
-        return False, zero, np.ones((h, k)), None
+        return unseeded
     if qs.shape != (h, k, len(levels)) or rmse.shape != (h, k) or len(levels) < 2:
-        return False, zero, np.ones((h, k)), None
+        return unseeded
+    if mae.shape != (h, k):
+        mae = 0.8 * rmse
     rows = qs.reshape(-1, len(levels))
     q0 = zero.copy()
     for j, c in enumerate(coverages):
         q0[..., j] = np.array([np.interp(c, levels, row) for row in rows]).reshape(h, k)
     train = float(np.sqrt(np.mean(rmse**2)))
-    return True, q0, np.maximum(rmse, 1e-12), train
+    return True, q0, np.maximum(rmse, 1e-12), train, mae
