@@ -329,8 +329,8 @@ class Scorer:
     def _step_one(self, x: np.ndarray, tau: float, values: np.ndarray, y: np.ndarray
                   ) -> ScoreStep:
         """`step_many` for one stream, in plain Python floats: numpy's cost per call dominates
-        at one stream (a batch-1 graph steps one at a time). The same arithmetic in the same
-        order; `test_one_stream_path_equals_the_vectorised_one` holds them together."""
+        at one stream (one observation at a time, as at low rates). The same arithmetic in the
+        same order; `test_one_stream_path_equals_the_vectorised_one` holds them together."""
         o, h, k, c, r = self._off, self.horizon, self.layout.k, len(self.coverages), self.layout.r
         s = self.settings
         v = x.tolist()
