@@ -540,7 +540,7 @@ class Processor:
                     log.exception("The model failed on one observation")
                     ys.append(None)
                     failed[i] = exc
-            return Ran(ys, None, failed, seconds, len(states) - len(failed))
+            return Ran(ys, None, failed, seconds, sum(y is not None for y in ys))
         x = rows[0].reshape(1, -1) if len(rows) == 1 else np.stack(rows)
         t = np.fromiter(times, np.float64, len(times)) \
             if runner.time_input else None  # only graphs with calendar inputs take it

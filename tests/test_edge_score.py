@@ -276,6 +276,55 @@ def test_payload_intervals_score_topic_and_events(tmp_path: Path) -> None:
     assert 'statecast_edge_score_scored_total{h="1"} 29' in proc.metrics.render()
 
 
+@pytest.mark.parametrize("together", [False, True], ids=["one-by-one", "streams-together"])
+def test_a_window_graph_is_scored_once_warm(tmp_path: Path, together: bool) -> None:
+    """A window graph (lookback 4) forecasts from its fourth observation: those forecasts carry
+    intervals around them, nothing before is scored, and each stream's score document counts
+    exactly the forecasts whose actual had arrived, with the MAE of the published forecasts
+    against the fed values (a half-life long enough to be a plain mean). Fed one message at a
+    time and as all streams' messages of a period together (scored in one call): the same."""
+    model = build_model(tmp_path / "w.onnx", kind="window", lookback=4, horizon=3,
+                        model_id="win", conformal=gaussian_seed(3, 2.0), freq="1h")
+    sink = Sink()
+    proc = processor(model, sink, score_half_life=1e9)
+    streams, hours = ["a", "b", "c"], 40
+    data = {s: rows(i, hours) for i, s in enumerate(streams)}
+    for k in range(hours):
+        batch = [msg(s, *data[s][k]) for s in streams]
+        if together:
+            proc.handle_many(batch)
+        else:
+            for m in batch:
+                proc.handle(*m)
+    for s in streams:
+        values = [v for _, v in data[s]]
+        preds = sink.on(f"forecasts/{s}")
+        assert len(preds) == hours - 3  # the first three fill the window
+        at = {ts: i for i, (ts, _) in enumerate(data[s])}
+        for p in preds:
+            for c in ("0.8", "0.95"):
+                assert len(p["intervals"][c]) == 3
+                for (lo, hi), f in zip(p["intervals"][c], p["forecast"], strict=True):
+                    assert lo < f < hi
+        docs = sink.on(f"statecast/score/{s}")
+        assert docs
+        for doc in docs:
+            now = at[doc["ts"]]
+            for h in range(3):
+                # forecasts made at i (from the fourth observation on) for i + h + 1 <= now
+                pairs = [(p["forecast"][h], values[at[p["ts"]] + h + 1]) for p in preds
+                         if at[p["ts"]] + h + 1 <= now]
+                if h == 0:
+                    assert doc["scored"] == len(pairs)
+                if not pairs:
+                    assert doc["mae"][h] is None
+                    continue
+                mae = np.mean([abs(f - v) for f, v in pairs])
+                assert doc["mae"][h] == pytest.approx(mae, rel=1e-4, abs=1e-6)
+    if together:
+        assert proc.metrics.model_runs == 3 * hours - 3 * 3  # one run per warm observation
+
+
 def test_several_targets_get_intervals_per_target_and_classifiers_none(
     models: dict[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
