@@ -361,7 +361,7 @@ class Processor:
             detail = (f"gap of {closed.gap} missing periods exceeds max_gap "
                       f"({self.manifest.max_gap} × {self.manifest.freq})")
             if self.config.on_gap == "reset":
-                st = self.store.reset(stream, keep_last_t=True, keep=(self.grid.name,))
+                st = self.store.reset(stream, keep_last_t=True, keep=(self.grid.name, SCORE))
                 self.metrics.reset("gap")
                 detail += "; state reset"
             self.report(stream, "gap", detail, topic, payload, drop=False)

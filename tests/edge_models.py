@@ -3,6 +3,8 @@
 They follow the export contract: a batch-1 step graph with the ONNX LSTM op and explicit state
 (`x [1,F]`, `h_0 [1,U]`, `c_0 [1,U]` → `y [1,H]`, `h_0_out`, `c_0_out`), a window graph
 (`x [1,L,F]` → `y [1,H]`), a scaler baked in, and the manifest in the metadata under `statecast`.
+With `batch="dynamic"` the batch dimension of every input and output is symbolic, window graphs
+included (as `statecast-export --batch dynamic` writes them).
 """
 
 from __future__ import annotations
@@ -90,9 +92,9 @@ def build_model(
         ]
         last = "h_0_out"
     else:
-        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, lookback, f])]
+        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [b, lookback, f])]
         nodes += [
-            helper.make_node("Transpose", ["xs"], ["seq"], perm=[1, 0, 2]),  # [L, 1, F]
+            helper.make_node("Transpose", ["xs"], ["seq"], perm=[1, 0, 2]),  # [L, B, F]
             helper.make_node("LSTM", ["seq", "W", "R", "B"], ["Y", "Y_h"], hidden_size=u),
             helper.make_node("Squeeze", ["Y_h", "axes0"], ["h_last"]),
         ]

@@ -7,7 +7,7 @@ import json
 import random
 import time
 import uuid
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,8 @@ from conftest import Mosquitto, Sink
 from edge_models import build_model
 
 from edge.config import EdgeConfig
-from edge.manifest import Manifest
+from edge.manifest import Grid, Manifest
+from edge.model import StepModel
 from edge.score import EXTRA, Scorer, ScoreSettings
 from edge.service import Processor, load_model
 from edge.state import StateStore
@@ -277,7 +278,8 @@ def test_payload_intervals_score_topic_and_events(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("together", [False, True], ids=["one-by-one", "streams-together"])
-def test_a_window_graph_is_scored_once_warm(tmp_path: Path, together: bool) -> None:
+def test_a_window_graph_is_scored_alike_fed_one_by_one_or_together(
+        tmp_path: Path, together: bool) -> None:
     """A window graph (lookback 4) forecasts from its fourth observation: those forecasts carry
     intervals around them, nothing before is scored, and each stream's score document counts
     exactly the forecasts whose actual had arrived, with the MAE of the published forecasts
@@ -457,10 +459,17 @@ def test_reload_keeps_scores_for_the_same_horizon_and_resets_for_another(tmp_pat
     np.testing.assert_array_equal(fresh, proc_c.scorer.template)  # type: ignore[union-attr]
 
 
-def test_a_gap_reset_keeps_the_scores(tmp_path: Path) -> None:
-    model = seeded_model(tmp_path / "m.onnx")
+@pytest.mark.parametrize("grid", [False, True], ids=["no-grid", "grid"])
+def test_a_gap_reset_keeps_the_scores(tmp_path: Path, grid: bool) -> None:
+    """A gap over max_gap resets the model's state, not the scores (with a grid too)."""
+    model = build_model(tmp_path / "m.onnx", horizon=3, model_id="sc",
+                        conformal=gaussian_seed(3, 2.0), freq="1h",
+                        grid=Grid(origin=T0.replace(tzinfo=timezone.utc).timestamp())
+                        if grid else None)
     sink = Sink()
-    proc = processor(model, sink)
+    cfg = EdgeConfig(model=str(model), subscribe=("x/+/temp",), client_id="t")
+    m, freq = load_model(cfg)
+    proc = Processor(cfg, m, freq, sink, clock=lambda: 0.0)
     data = rows(0, 60)
     for ts, v in data[:20] + data[-5:]:  # a gap of 35 periods, over max_gap (24)
         proc.handle(*msg("s", ts, v))
@@ -525,3 +534,93 @@ def test_sigkill_restart_gives_the_uninterrupted_intervals(
     for s in streams:
         np.testing.assert_allclose(store.streams[s].extra[EXTRA], want_state[s], atol=1e-5,
                                    equal_nan=True)
+
+
+# -- a window graph ------------------------------------------------------------------------------
+
+
+def ew_mean(values: Any, half_life: float) -> float | None:
+    """The exponentially weighted mean of `values` in the order they were scored: the newest
+    weighs 1, each older one 0.5 ** (1 / half_life) times the one after it; None when empty
+    (the score document's null)."""
+    if not len(values):
+        return None
+    weights = 0.5 ** (np.arange(len(values))[::-1] / half_life)
+    return float(np.dot(weights, values) / weights.sum())
+
+
+def close(got: float | None, want: float | None, tol: float = 2e-6) -> bool:
+    return (got is None and want is None) or (
+        got is not None and want is not None and abs(got - want) <= tol)
+
+
+def score_total(proc: Processor, name: str, h: int) -> float:
+    """A `statecast_edge_score_*` counter of the processor's Prometheus text for horizon step h."""
+    prefix = f'statecast_edge_score_{name}{{h="{h}"}} '
+    (line,) = [x for x in proc.metrics.render().splitlines() if x.startswith(prefix)]
+    return float(line[len(prefix):])
+
+
+def test_a_window_graph_is_scored_once_warm(tmp_path: Path, batch: str) -> None:
+    """A window graph (lookback 5) and two streams of a sine plus unit Gaussian noise: nothing
+    is published or scored while a stream's window fills; from its first forecast on, every
+    forecast has seeded intervals around it; the score documents come from the first period
+    with a judged forecast, once per `score_every` periods, and their counts, MAE, RMSE,
+    persistence MAE, coverage and width equal those worked out here from the published
+    forecasts and the fed actuals (exponentially weighted, newest last)."""
+    h, lookback, n, every, half_life, sigma = 3, 5, 40, 4, 6.0, 2.0
+    model = build_model(tmp_path / "w.onnx", kind="window", lookback=lookback, horizon=h,
+                        batch=batch, model_id="win", conformal=gaussian_seed(h, sigma), freq="1h")
+    assert StepModel(model).dynamic_batch is (batch == "dynamic")
+    sink = Sink()
+    proc = processor(model, sink, score_every=every, score_half_life=half_life)
+    data = {"a": rows(0, n), "b": rows(1, n)}
+    for i in range(n):
+        proc.handle_many([msg(s, *data[s][i]) for s in data])
+    warm = lookback - 1  # the index of a stream's first forecast
+    pairs = dict.fromkeys(range(h), 0)  # (origin, horizon step) pairs judged, over both streams
+    for s, series in data.items():
+        index = {ts: i for i, (ts, _) in enumerate(series)}
+        actual = [float(np.float32(v)) for _, v in series]  # the daemon reads float32
+        preds = sink.on(f"forecasts/{s}")
+        assert [index[p["ts"]] for p in preds] == list(range(warm, n))  # none while warming
+        fc = {index[p["ts"]]: p["forecast"] for p in preds}
+        iv = {index[p["ts"]]: p["intervals"] for p in preds}
+        for o, f in fc.items():
+            assert set(iv[o]) == {"0.8", "0.95"}
+            for c in ("0.8", "0.95"):
+                lohi = np.array(iv[o][c])
+                assert lohi.shape == (h, 2)
+                assert np.all(lohi[:, 0] <= f) and np.all(np.array(f) <= lohi[:, 1])
+                np.testing.assert_allclose(lohi.mean(axis=1), f, atol=2e-6)  # symmetric
+        for level, z in Z.items():  # the first forecast's intervals are the trainer's seed
+            np.testing.assert_allclose(np.diff(iv[warm][f"{level:g}"]).ravel(), 2 * z * sigma,
+                                       rtol=1e-4)
+        docs = sink.on(f"statecast/score/{s}")
+        assert [index[d["ts"]] for d in docs] == list(range(warm + 1, n, every))
+        for doc in docs:
+            now = index[doc["ts"]]
+            judged = [[o for o in fc if o + k + 1 <= now] for k in range(h)]
+            assert doc["scored"] == len(judged[0])  # forecasts judged at their first step
+            for k in range(h):
+                err = np.array([fc[o][k] - actual[o + k + 1] for o in judged[k]])
+                pers = np.array([actual[o] - actual[o + k + 1] for o in judged[k]])
+                mse = ew_mean(err**2, half_life)
+                assert close(doc["mae"][k], ew_mean(np.abs(err), half_life)), (s, now, k)
+                assert close(doc["rmse"][k], None if mse is None else np.sqrt(mse)), (s, now, k)
+                assert close(doc["persistence_mae"][k], ew_mean(np.abs(pers), half_life))
+                for c in ("0.8", "0.95"):
+                    lo_hi = [iv[o][c][k] for o in judged[k]]
+                    inside = [float(lo <= actual[o + k + 1] <= hi)
+                              for o, (lo, hi) in zip(judged[k], lo_hi, strict=True)]
+                    width = [hi - lo for lo, hi in lo_hi]
+                    assert close(doc["coverage"][c][k], ew_mean(inside, half_life))
+                    assert close(doc["width"][c][k], ew_mean(width, half_life), 4e-6)
+        for k in range(h):
+            pairs[k] += sum(1 for o in fc if o + k + 1 < n)
+    for k in range(h):  # every (origin, horizon step) pair that could be judged, and no other
+        assert score_total(proc, "scored_total", k + 1) == pairs[k]
+    assert pairs == {k: 2 * (n - warm - k - 1) for k in range(h)}
+
+
+# -- a real daemon, killed -----------------------------------------------------------------------
