@@ -198,39 +198,7 @@ class Scorer:
         # the scorecaster's half-life: a quarter of the season by default (6 periods without one)
         hl = settings.scorecast if settings.scorecast is not None else (s / 4 if s else 6.0)
         self._g_lam = 0.5 ** (1.0 / hl) if hl > 0 else None
-        self._hs = np.arange(h)
-        self._ahead = np.arange(1.0, h + 1.0)  # a forecast at step h targets origin + h + 1
-        # the baselines: persistence (the actual h + 1 periods back), seasonal naive
-        self._backs = [self._ahead] + ([s * np.ceil(self._ahead / s)] if s else [])
-        # slots as lookups by tau mod H (or mod the history): [tau mod H or r, H]
-        j = np.arange(h)[:, None]
-        self._origin_slot = (j - self._hs - 1) % h  # where the origin of each h issued
-        self._target_slot = (j + self._hs + 1) % h  # where each forecast of tau waits
-        self._hist_pos = [((np.arange(history)[:, None] - b) % history).astype(np.intp)
-                          for b in self._backs]
-        # decay of each rolling sum column and weight when every cell scores (no season: the
-        # seasonal columns stay), and the weights' increments
-        self._lam_cols = np.full(self.layout.m, self.decay)
-        self._lam_w, self._one_w = np.full(3, self.decay), np.ones(3)
-        if not s:
-            self._lam_cols[[S_ABS, S_SQ]] = 1.0
-            self._lam_w[W_SEAS], self._one_w[W_SEAS] = 1.0, 0.0
-        self._col_took = [0, 0, 1, 1, 2, 2] + [0] * (2 * len(self.coverages))
-        sums, wts = self.layout.slices["sums"][0], self.layout.slices["wts"][0]
-        assert sums.stop == wts.start
-        self._block = slice(sums.start, wts.stop)
-        self._lam_block = np.concatenate([np.tile(self._lam_cols, h * k),
-                                          np.tile(self._lam_w, h)])
-        self._one_block = np.tile(self._one_w, h)
-        # the block's squared errors of the model, persistence and seasonal naive, summed over
-        # horizon steps and targets (targets averaged): block @ pick -> [n, 3]
-        pick = np.zeros((h, k, self.layout.m, 3))
-        for which, col in enumerate((M_SQ, P_SQ, S_SQ)):
-            pick[:, :, col, which] = self._per_k
-        self._pick_sq = np.concatenate([pick.reshape(-1, 3), np.zeros((3 * h, 3))])
-        self._backs_one = [[(float(b[hh]), col, wcol, row) for b, (col, wcol, row) in zip(
-            self._backs, ((P_ABS, W_PERS, 0), (S_ABS, W_SEAS, 1)), strict=False)]
-            for hh in range(h)]
+        self._lookups(h, k, s, history)
         self._off = {name: sl.start for name, (sl, _) in self.layout.slices.items()}
         self.warmup = m.warmup
         self.seeded, q0, self.scale, self.train_rmse, g0 = _seed(m.conformal, h, k,
@@ -250,10 +218,46 @@ class Scorer:
             self.layout.view(t, "g")[0] = g0
             q0 = q0 - g0[..., None]
         self.layout.view(t, "q")[0] = q0
-        self.template.flags.writeable = False  # shared by new streams until their first step
         self.totals = Totals.zeros(h, len(self.coverages))
         self.alarms: set[str] = set()  # streams in alarm (resident or not), for the gauge
         self.table = RowTables([(self.layout.size,)], np.float64, _extra, _put_extra)
+
+    def _lookups(self, h: int, k: int, s: int | None, history: int) -> None:
+        """What every step needs and never changes: slot lookups by tau mod H (or mod the
+        history), the baselines' distances, and each part of the block's decay."""
+        self._hs = np.arange(h)
+        self._ahead = np.arange(1.0, h + 1.0)  # a forecast at step h targets origin + h + 1
+        # the baselines: persistence (the actual h + 1 periods back), seasonal naive
+        self._backs = [self._ahead] + ([s * np.ceil(self._ahead / s)] if s else [])
+        # slots as lookups by tau mod H (or mod the history): [tau mod H or r, H]
+        j = np.arange(h)[:, None]
+        self._origin_slot = (j - self._hs - 1) % h  # where the origin of each h issued
+        self._target_slot = (j + self._hs + 1) % h  # where each forecast of tau waits
+        self._hist_pos = [((np.arange(history)[:, None] - b) % history).astype(np.intp)
+                          for b in self._backs]
+        # decay of each rolling sum column and weight when every cell scores (no season: the
+        # seasonal columns stay), and the weights' increments
+        lam_cols = np.full(self.layout.m, self.decay)
+        self._lam_w, self._one_w = np.full(3, self.decay), np.ones(3)
+        if not s:
+            lam_cols[[S_ABS, S_SQ]] = 1.0
+            self._lam_w[W_SEAS], self._one_w[W_SEAS] = 1.0, 0.0
+        self._col_took = [0, 0, 1, 1, 2, 2] + [0] * (2 * len(self.coverages))
+        sums, wts = self.layout.slices["sums"][0], self.layout.slices["wts"][0]
+        assert sums.stop == wts.start
+        self._block = slice(sums.start, wts.stop)
+        self._lam_block = np.concatenate([np.tile(lam_cols, h * k),
+                                          np.tile(self._lam_w, h)])
+        self._one_block = np.tile(self._one_w, h)
+        # the block's squared errors of the model, persistence and seasonal naive, summed over
+        # horizon steps and targets (targets averaged): block @ pick -> [n, 3]
+        pick = np.zeros((h, k, self.layout.m, 3))
+        for which, col in enumerate((M_SQ, P_SQ, S_SQ)):
+            pick[:, :, col, which] = self._per_k
+        self._pick_sq = np.concatenate([pick.reshape(-1, 3), np.zeros((3 * h, 3))])
+        self._backs_one = [[(float(b[hh]), col, wcol, row) for b, (col, wcol, row) in zip(
+            self._backs, ((P_ABS, W_PERS, 0), (S_ABS, W_SEAS, 1)), strict=False)]
+            for hh in range(h)]
 
     # -- the one step ----------------------------------------------------------------------
 
@@ -286,7 +290,7 @@ class Scorer:
         if len(states) == 1:
             row = table.tables[0][table.row(states[0])]
             return self._step_one(row, float(tau[0]), values[0], y[0])
-        idx = table.rows(list(states))
+        idx = table.rows(states)
         mat = table.tables[0][idx]
         out = self.step_rows(mat, tau, values, y)
         table.tables[0][idx] = mat

@@ -30,7 +30,7 @@ import time
 import weakref
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -102,32 +102,34 @@ class RowTables:
 
     def row(self, st: StreamState) -> int:
         """The row of `st`, copying its arrays in first when they are not views of our tables."""
-        r = self._row.get(id(st))
-        arrays = self._get(st)
-        if r is not None and arrays and arrays[0] is self._views[r] and self._owner(r) is st:
-            return r
-        if r is None or self._owner(r) is not st:
-            r = self._take()
-            self._owners[r] = weakref.ref(st)
-            self._row[id(st)] = r
-        for table, value in zip(self.tables, arrays, strict=True):
-            table[r] = value.reshape(table.shape[1:])
-        self._put(st, r, self.tables)
-        self._views[r] = self._get(st)[0] if self.tables else None
-        return r
+        return int(self.rows((st,))[0])
 
-    def rows(self, sts: list[StreamState]) -> np.ndarray:
-        """The rows of `sts` (see `row`), as an index array: the common case (each stream's
-        first array is the view it was given) checked inline, the rest by `row`."""
+    def rows(self, sts: Sequence[StreamState]) -> np.ndarray:
+        """The rows of `sts` (see `row`), as an index array. The common case — the stream's
+        first array is the very view it was given, and the row is still its own — is checked
+        inline; the rest are adopted."""
         row_of, views, owners, get = self._row, self._views, self._owners, self._get
         out = []
         for st in sts:
             r = row_of.get(id(st))
             if r is None or get(st)[0] is not views[r] or (ref := owners[r]) is None \
                     or ref() is not st:
-                r = self.row(st)
+                r = self._adopt(st, r)
             out.append(r)
         return np.array(out, dtype=np.intp)
+
+    def _adopt(self, st: StreamState, r: int | None) -> int:
+        """Copy `st`'s arrays into its row (a new one unless `r` is still its own) and make
+        them views of it."""
+        if r is None or self._owner(r) is not st:
+            r = self._take()
+            self._owners[r] = weakref.ref(st)
+            self._row[id(st)] = r
+        for table, value in zip(self.tables, self._get(st), strict=True):
+            table[r] = value.reshape(table.shape[1:])
+        self._put(st, r, self.tables)
+        self._views[r] = self._get(st)[0]
+        return r
 
     def _owner(self, r: int) -> StreamState | None:
         ref = self._owners[r]
@@ -138,7 +140,7 @@ class RowTables:
             for r, ref in enumerate(self._owners):  # rows of streams that are gone
                 st = ref() if ref is not None else None
                 if st is None or self._row.get(id(st)) != r:
-                    self._owners[r] = None
+                    self._owners[r] = self._views[r] = None
                     self._free.append(r)
             self._row = {i: r for i, r in self._row.items()
                          if self._owners[r] is not None and id(self._owner(r)) == i}
@@ -159,10 +161,11 @@ class RowTables:
             st = self._owner(r)
             if st is None:
                 continue
-            arrays = self._get(st)
-            if arrays and arrays[0] is self._views[r]:
+            if self._get(st)[0] is self._views[r]:
                 self._put(st, r, self.tables)
                 self._views[r] = self._get(st)[0]
+            else:  # adopted again on its next step; the old table is not kept for it
+                self._views[r] = None
 
 
 class StateStore:
@@ -221,7 +224,7 @@ class StateStore:
             window = np.zeros((self.lookback, self.n_features), dtype=np.float32)
         return StreamState(
             state=[z.copy() for z in self._zero], window=window,
-            extra={k: _fresh(v) for k, v in self.extras.items()},
+            extra={k: v.copy() for k, v in self.extras.items()},
         )
 
     def get(self, stream: str) -> StreamState | None:
@@ -279,7 +282,7 @@ class StateStore:
         out = {}
         for name, zero in self.extras.items():
             v = extra.get(name)
-            out[name] = v if v is not None and v.shape == zero.shape else _fresh(zero)
+            out[name] = v if v is not None and v.shape == zero.shape else zero.copy()
         return out
 
     def _touch(self, stream: str, st: StreamState) -> None:
@@ -646,13 +649,6 @@ class StateStore:
         self._evicted.clear()
         self._dirty = False
         return len(streams)
-
-
-def _fresh(template: np.ndarray) -> np.ndarray:
-    """A new stream's copy of an extra's template; a read-only template is shared instead (its
-    owner replaces it before writing, as the scorer's `RowTables` does), which spares a copy
-    per stream that would be garbage after the stream's first step."""
-    return template if not template.flags.writeable else template.copy()
 
 
 def checkpoint_name(model_id: str) -> str:
