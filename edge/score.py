@@ -690,55 +690,64 @@ class Scorer:
 
     def payloads(self, streams: Sequence[str], ts: Sequence[Any], model_id: str,
                  extras: Sequence[np.ndarray]) -> list[bytes]:
-        """The retained score documents of these streams (see the README for the fields)."""
+        """The retained score documents of these streams (see the README for the fields).
+        Their figures (float32: seven digits are plenty for a rolling score) are serialised in
+        one call and cut per stream and field at the separators (see `_cut`)."""
         f = self.figures(extras)
+        n = len(extras)
         keys = [k for k in f if k not in ("scored", "alarm", "coverage", "width")]
-        # plain lists (NaN is written null): far cheaper per document than numpy rows
-        rounded = {k: np.round(f[k], 6).tolist() for k in [*keys, "coverage", "width"] if k in f}
-        scored, alarm = f["scored"].astype(np.int64).tolist(), (f["alarm"] > 0).tolist()
         cov = [_key(c) for c in self.coverages]
-        fixed: dict[str, Any] = {"model": model_id, "half_life": self.settings.half_life}
-        if self.season:
-            fixed["season"] = self.season
-        out = []
-        for i, (stream, t) in enumerate(zip(streams, ts, strict=True)):
-            doc: dict[str, Any] = {"stream": stream, "ts": t, **fixed,
-                                   "scored": scored[i], "alarm": alarm[i]}
-            for k in keys:
-                doc[k] = rounded[k][i]
-            if cov:
-                doc["coverage"] = dict(zip(cov, rounded["coverage"][i], strict=True))
-                doc["width"] = dict(zip(cov, rounded["width"][i], strict=True))
-            out.append(_dumps(doc))
-        return out
+        rows = [f[k][:, None, :] for k in keys]
+        if cov:
+            rows += [f["coverage"], f["width"]]
+        fields = _cut(np.concatenate(rows, axis=1).astype(np.float32))  # [n][J]
+        # the document as a template: its fixed parts once, the rest by position
+        fixed = (b',"model":' + _dumps(model_id) + b',"half_life":'
+                 + _dumps(self.settings.half_life)
+                 + (b',"season":%d' % self.season if self.season else b""))
+        doc = b'{"stream":%b,"ts":%b' + fixed.replace(b"%", b"%%") + b',"scored":%d,"alarm":%b'
+        doc += b"".join(b',"%s":[%%b]' % k.encode() for k in keys)
+        for name in ("coverage", "width") if cov else ():
+            doc += b',"%s":{' % name.encode() + b",".join(
+                b'"%s":[%%b]' % c.encode() for c in cov) + b"}"
+        doc += b"}"
+        scored = f["scored"].astype(np.int64).tolist()
+        alarm = [b"true" if a > 0 else b"false" for a in f["alarm"].tolist()]
+        return [doc % (_dumps(streams[i]), _dumps(ts[i]), scored[i], alarm[i], *fields[i])
+                for i in range(n)]
 
     def alarm_of(self, extra: np.ndarray) -> bool:
         return bool(extra[self.layout.slices["meta"][0]][ALARM])
 
     def intervals_many(self, y: np.ndarray, radii: np.ndarray) -> list[bytes]:
         """The `"intervals"` member of each prediction (`y` [n, H, K], `radii` [n, H, K, C]): per
-        coverage, [lo, hi] per horizon step (one target) or per step and target ([H][K][2]).
-        One serialisation for all streams, cut at the known separators: a regular nested array
-        of numbers has `]]...],[[...[` of its own depth between its top-level elements only."""
+        coverage, [lo, hi] per horizon step (one target) or per step and target ([H][K][2]), in
+        float32 like the forecasts. One serialisation for all streams (see `_cut`)."""
         n, h = radii.shape[:2]
-        if n == 1 and radii.shape[2] == 1:  # one stream, one target: plain floats are faster
-            yf, rq = y.reshape(-1).tolist(), radii[0, :, 0, :].tolist()
-            return [_dumps({_key(c): [[round(f - r[j], 6), round(f + r[j], 6)]
-                                      for f, r in zip(yf, rq, strict=True)]
-                            for j, c in enumerate(self.coverages)})]
-        y = y.reshape(n, h, -1, 1)
-        lohi = np.round(np.stack([y - radii, y + radii], axis=-1), 6)  # [n, H, K, C, 2]
+        y = y.reshape(n, h, -1, 1).astype(np.float32, copy=False)
+        r = radii.astype(np.float32)
+        lohi = np.stack([y - r, y + r], axis=-1)  # [n, H, K, C, 2]
         lohi = np.moveaxis(lohi, 3, 1)  # [n, C, H, K, 2]
         if lohi.shape[3] == 1:
             lohi = lohi[:, :, :, 0]  # [n, C, H, 2]
-        blocks = np.ascontiguousarray(lohi).reshape(-1, *lohi.shape[2:])  # orjson: C order
-        d = blocks.ndim - 1
-        raw = _dumps(blocks)
-        parts = raw[d + 1 : -d - 1].split(b"]" * d + b",[" + b"[" * (d - 1))
-        c = len(self.coverages)
+        parts = _cut(lohi)  # [n][C], each without its own brackets
+        d = lohi.ndim - 2
         doc = b"{" + b",".join(b'"%s":%s%%b%s' % (_key(v).encode(), b"[" * d, b"]" * d)
                                for v in self.coverages) + b"}"
-        return [doc % tuple(parts[i * c : (i + 1) * c]) for i in range(n)]
+        return [doc % tuple(p) for p in parts]
+
+
+def _cut(arr: np.ndarray) -> list[list[bytes]]:
+    """`arr` [n, J, ...] serialised in one call and cut into its elements [n][J], each without
+    its own brackets (arr.ndim - 2 of them): as one list of n·J elements, a regular nested array
+    of numbers has `]...],[...[` of the elements' depth between its elements only."""
+    n, j = arr.shape[:2]
+    if not n * j:
+        return [[] for _ in range(n)]
+    d = arr.ndim - 2
+    raw = _dumps(np.ascontiguousarray(arr).reshape(n * j, *arr.shape[2:]))  # orjson: C order
+    parts = raw[d + 1 : -d - 1].split(b"]" * d + b"," + b"[" * d)
+    return [parts[i : i + j] for i in range(0, n * j, j)]
 
 
 def _extra(st: StreamState) -> list[np.ndarray]:
