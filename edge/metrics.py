@@ -89,7 +89,7 @@ class Metrics:
         """Report this scorer's figures; a model with the same horizon and coverages keeps
         counting where the last left off (counters never go back)."""
         old = self.scorer
-        if old is not None and old.totals.covered.shape == scorer.totals.covered.shape:
+        if old is not None and old.totals.shape == scorer.totals.shape:
             scorer.totals = old.totals
         self.scorer = scorer
         self.per_stream = per_stream

@@ -146,21 +146,60 @@ class ScoreStep:
 
 @dataclass
 class Totals:
-    """Scores summed over every stream since start, per horizon step (Prometheus counters)."""
+    """Scores summed over every stream since start (Prometheus counters): every increment the
+    streams' rolling sums and weights took, undecayed, laid out like their block ([H, K, M]
+    sums, then [H, 3] counts), so a step adds its increments with one call; the figures per
+    horizon step are read from it."""
 
-    scored: np.ndarray
-    abs_err: np.ndarray
-    sq_err: np.ndarray
-    base_n: np.ndarray  # [2, H] persistence, seasonal
-    base_abs: np.ndarray
-    base_sq: np.ndarray
-    covered: np.ndarray  # [C, H]
-    width: np.ndarray
+    acc: np.ndarray
+    shape: tuple[int, int, int]  # H, K, C
+    per_k: float  # targets are averaged (a classifier's squared errors summed: Brier)
 
     @classmethod
-    def zeros(cls, h: int, c: int) -> Totals:
-        z = np.zeros
-        return cls(z(h), z(h), z(h), z((2, h)), z((2, h)), z((2, h)), z((c, h)), z((c, h)))
+    def zeros(cls, h: int, k: int, c: int, per_k: float) -> Totals:
+        return cls(np.zeros(h * k * (6 + 2 * c) + 3 * h), (h, k, c), per_k)
+
+    def _sums(self) -> np.ndarray:
+        h, k, c = self.shape
+        return self.acc[: h * k * (6 + 2 * c)].reshape(h, k, -1).sum(axis=1) * self.per_k
+
+    def _counts(self) -> np.ndarray:
+        h = self.shape[0]
+        return self.acc[-3 * h :].reshape(h, 3)
+
+    @property
+    def scored(self) -> np.ndarray:
+        return self._counts()[:, W_MODEL]
+
+    @property
+    def abs_err(self) -> np.ndarray:
+        return self._sums()[:, M_ABS]
+
+    @property
+    def sq_err(self) -> np.ndarray:
+        return self._sums()[:, M_SQ]
+
+    @property
+    def base_n(self) -> np.ndarray:  # [2, H] persistence, seasonal
+        return self._counts()[:, [W_PERS, W_SEAS]].T
+
+    @property
+    def base_abs(self) -> np.ndarray:
+        return self._sums()[:, [P_ABS, S_ABS]].T
+
+    @property
+    def base_sq(self) -> np.ndarray:
+        return self._sums()[:, [P_SQ, S_SQ]].T
+
+    @property
+    def covered(self) -> np.ndarray:  # [C, H]
+        c = self.shape[2]
+        return self._sums()[:, 6 : 6 + c].T
+
+    @property
+    def width(self) -> np.ndarray:  # [C, H]
+        c = self.shape[2]
+        return self._sums()[:, 6 + c :].T
 
 
 class Scorer:
@@ -218,9 +257,10 @@ class Scorer:
             self.layout.view(t, "g")[0] = g0
             q0 = q0 - g0[..., None]
         self.layout.view(t, "q")[0] = q0
-        self.totals = Totals.zeros(h, len(self.coverages))
+        self.totals = Totals.zeros(h, k, len(self.coverages), self._per_k)
         self.alarms: set[str] = set()  # streams in alarm (resident or not), for the gauge
         self.table = RowTables([(self.layout.size,)], np.float64, _extra, _put_extra)
+        self._work = np.empty((0, self.layout.size))
 
     def _lookups(self, h: int, k: int, s: int | None, history: int) -> None:
         """What every step needs and never changes: slot lookups by tau mod H (or mod the
@@ -291,7 +331,10 @@ class Scorer:
             row = table.tables[0][table.row(states[0])]
             return self._step_one(row, float(tau[0]), values[0], y[0])
         idx = table.rows(states)
-        mat = table.tables[0][idx]
+        n = len(idx)
+        if len(self._work) < n:  # the gathered rows, kept: no fresh block of memory per step
+            self._work = np.empty((max(n, 2 * len(self._work)), self.layout.size))
+        mat = np.take(table.tables[0], idx, axis=0, out=self._work[:n], mode="clip")
         out = self.step_rows(mat, tau, values, y)
         table.tables[0][idx] = mat
         return out
@@ -400,11 +443,9 @@ class Scorer:
         alpha, scale_seed = self.alpha.tolist(), self.scale.tolist()
         t_slot = int(tau % h)
         events = 0
-        # the process's counters, summed here and added once: [scored, abs, sq] per h; per
-        # baseline [n, abs, sq] per h; coverage and width per c and h
-        d_model = [[0.0] * h for _ in range(3)]
-        d_base = [[[0.0] * h for _ in range(3)] for _ in range(2)]
-        d_cov = [[[0.0] * h for _ in range(c)] for _ in range(2)]
+        # the process's counters (`Totals`): the block's increments, added once
+        blk = self._block.start
+        d = [0.0] * (self._block.stop - blk)
         se_means: list[float] = []
         base_means: tuple[list[float], list[float]] = ([], [])
         for hh in range(h):
@@ -421,11 +462,11 @@ class Scorer:
                 b = sm + (hh * k + kk) * m
                 v[b + M_ABS] = v[b + M_ABS] * lam + ae[kk]
                 v[b + M_SQ] = v[b + M_SQ] * lam + se[kk]
+                d[b - blk + M_ABS] += ae[kk]
+                d[b - blk + M_SQ] += se[kk]
             w = wt + hh * 3
             v[w + W_MODEL] = v[w + W_MODEL] * lam + 1.0
-            d_model[0][hh] += 1.0
-            d_model[1][hh] += sum(ae) * per_k
-            d_model[2][hh] += sum(se) * per_k
+            d[w - blk + W_MODEL] += 1.0
             se_means.append(sum(se) * per_k)
             for back, col, wcol, row in self._backs_one[hh]:
                 when = tau - back
@@ -438,29 +479,25 @@ class Scorer:
                     b = sm + (hh * k + kk) * m
                     v[b + col] = v[b + col] * lam + bae[kk]
                     v[b + col + 1] = v[b + col + 1] * lam + bse[kk]
+                    d[b - blk + col] += bae[kk]
+                    d[b - blk + col + 1] += bse[kk]
                 v[w + wcol] = v[w + wcol] * lam + 1.0
-                d = d_base[row]
-                d[0][hh] += 1.0
-                d[1][hh] += sum(bae) * per_k
-                d[2][hh] += sum(bse) * per_k
+                d[w - blk + wcol] += 1.0
                 base_means[row].append(sum(bse) * per_k)
             if c:
                 for jc in range(c):
-                    hit = wid = 0.0
                     for kk in range(k):
                         rad = v[o_rad + (cell * k + kk) * c + jc]
                         miss = 1.0 if ae[kk] > rad else 0.0
                         b = sm + (hh * k + kk) * m
                         v[b + 6 + jc] = v[b + 6 + jc] * lam + (1.0 - miss)
                         v[b + 6 + c + jc] = v[b + 6 + c + jc] * lam + 2.0 * rad
-                        hit += 1.0 - miss
-                        wid += 2.0 * rad
+                        d[b - blk + 6 + jc] += 1.0 - miss
+                        d[b - blk + 6 + c + jc] += 2.0 * rad
                         scale = scale_seed[hh][kk] if self.seeded \
                             else v[b + M_ABS] / v[w + W_MODEL]
                         qi = o_q + (hh * k + kk) * c + jc
                         v[qi] += lr * scale * (miss - alpha[jc])
-                    d_cov[0][jc][hh] += hit * per_k
-                    d_cov[1][jc][hh] += wid * per_k
                 if self._g_lam is not None:
                     lam_g = self._g_lam
                     for kk in range(k):
@@ -468,17 +505,8 @@ class Scorer:
                         v[gi] = v[gi] * lam_g + (1.0 - lam_g) * ae[kk]
             if hh == 0:
                 v[mt + SCORED] += 1.0
-        t = self.totals
         if events:
-            t.scored += d_model[0]
-            t.abs_err += d_model[1]
-            t.sq_err += d_model[2]
-            t.base_n += [d_base[0][0], d_base[1][0]]
-            t.base_abs += [d_base[0][1], d_base[1][1]]
-            t.base_sq += [d_base[0][2], d_base[1][2]]
-            if c:
-                t.covered += d_cov[0]
-                t.width += d_cov[1]
+            self.totals.acc += d
         for vals, col, wcol in ((se_means, MS_MODEL, MW_MODEL),
                                 (base_means[0], MS_PERS, MW_PERS),
                                 (base_means[1], MS_SEAS, MW_SEAS)):
@@ -540,19 +568,7 @@ class Scorer:
             inc[:, h * k * m :] = 1.0
             np.copyto(inc, 0.0, where=~mask)  # (NaN where nothing was scored)
             block[...] = np.where(mask, block * self.decay + inc, block)
-        # the process's counters, per horizon step
-        t, per_k = self.totals, self._per_k
-        tot = inc[:, : h * k * m].sum(axis=0).reshape(h, k, m).sum(axis=1) * per_k  # [H, M]
-        n_took = took.sum(axis=0)  # [H, 3]
-        t.scored += n_took[:, 0]
-        t.abs_err += tot[:, M_ABS]
-        t.sq_err += tot[:, M_SQ]
-        t.base_n += n_took[:, 1:].T
-        t.base_abs += tot[:, [P_ABS, S_ABS]].T
-        t.base_sq += tot[:, [P_SQ, S_SQ]].T
-        if c:
-            t.covered += tot[:, 6 : 6 + c].T
-            t.width += tot[:, 6 + c :].T
+        self.totals.acc += inc.sum(axis=0)  # the process's counters
         # each stream's rolling mean square over its horizon steps, for the drift alarm
         meta = lay.view(mat, "meta")
         sq = inc @ self._pick_sq  # [n, 3] (a product: faster than summing strided columns)
