@@ -242,6 +242,8 @@ class Scorer:
         self.warmup = m.warmup
         self.seeded, q0, self.scale, self.train_rmse, g0 = _seed(m.conformal, h, k,
                                                                  self.coverages)
+        self._eta = settings.lr * self.scale[..., None]  # [H, K, 1]: quantile tracking's step
+        self._eta_alpha = self._eta * self.alpha
         # the drift alarm compares mean squares: (RMSE × ratio)²
         self._ratio2 = settings.baseline_ratio ** 2
         self._train2 = None if self.train_rmse is None else \
@@ -539,12 +541,12 @@ class Scorer:
         err = lay.view(mat, "fc")[every, t_h] - a  # [n, H, K]
         ae = np.abs(err, out=inc_s[..., M_ABS])
         np.multiply(err, err, out=inc_s[..., M_SQ])
-        took = np.zeros((n, h, 3), dtype=bool)  # model, persistence, seasonal naive
-        took[..., 0] = valid
+        nb = len(self._backs)
+        took_b = np.empty((nb, n, h), dtype=bool)  # persistence, seasonal naive
         hist, hist_t = lay.view(mat, "hist"), lay.view(mat, "hist_t")
         for j, (back, pos_of) in enumerate(zip(self._backs, self._hist_pos, strict=True)):
             pos = pos_of[t_r]  # where the actual `back` periods before tau is kept
-            np.logical_and(valid, hist_t[rows, pos] == tau[:, None] - back, out=took[..., 1 + j])
+            np.logical_and(valid, hist_t[rows, pos] == tau[:, None] - back, out=took_b[j])
             be = hist[rows, pos] - a
             np.abs(be, out=inc_s[..., P_ABS + 2 * j])
             np.multiply(be, be, out=inc_s[..., P_SQ + 2 * j])
@@ -556,12 +558,15 @@ class Scorer:
             np.logical_not(miss, out=inc_s[..., 6 : 6 + c], casting="unsafe")
             np.multiply(rad, 2.0, out=inc_s[..., 6 + c :])
         block = mat[:, self._block]
-        full = bool(took[..., : len(self._backs) + 1].all())
+        full = count == n * h and bool(took_b.all())
         if full:  # every cell scores (without a season, its columns stay): in place
             inc[:, h * k * m :] = self._one_block
             block *= self._lam_block
             block += inc
         else:
+            took = np.zeros((n, h, 3), dtype=bool)  # model, persistence, seasonal naive
+            took[..., 0] = valid
+            took[..., 1 : 1 + nb] = np.moveaxis(took_b, 0, -1)
             mask = np.empty(inc.shape, dtype=bool)
             mask[:, : h * k * m].reshape(n, h, k, m)[...] = took[..., self._col_took][:, :, None]
             mask[:, h * k * m :] = took.reshape(n, -1)
@@ -587,18 +592,25 @@ class Scorer:
         meta[:, SCORED] += valid[:, 0]
         if c:  # quantile tracking
             q = lay.view(mat, "q")
-            with np.errstate(invalid="ignore", divide="ignore"):  # cells without a score
-                # no trainer seed: the stream's own rolling MAE at that step
-                scale = self.scale if self.seeded else \
-                    lay.view(mat, "sums")[..., M_ABS] / lay.view(mat, "wts")[..., W_MODEL, None]
-                step = (miss - self.alpha) * (self.settings.lr * scale[..., None])
+            if self.seeded:  # η = lr × the trainer's RMSE at (h, k)
+                step = miss * self._eta
+                step -= self._eta_alpha
+            else:  # no trainer seed: the stream's own rolling MAE at that step
+                with np.errstate(invalid="ignore", divide="ignore"):  # cells without a score
+                    scale = lay.view(mat, "sums")[..., M_ABS] \
+                        / lay.view(mat, "wts")[..., W_MODEL, None]
+                    step = (miss - self.alpha) * (self.settings.lr * scale[..., None])
             if full:
                 q += step
             else:
                 q += np.where(valid[:, :, None, None], step, 0.0)
             if self._g_lam is not None:  # the scorecaster follows the errors just scored
                 g, lam = lay.view(mat, "g"), self._g_lam
-                g[...] = np.where(valid[:, :, None], g * lam + (1.0 - lam) * ae, g)
+                if full:
+                    g *= lam
+                    g += (1.0 - lam) * ae
+                else:
+                    g[...] = np.where(valid[:, :, None], g * lam + (1.0 - lam) * ae, g)
         return count
 
     def _actual(self, values: np.ndarray) -> np.ndarray:
@@ -642,12 +654,12 @@ class Scorer:
         """Per stream: rolling RMSE above the best baseline's or the trainer's (× ratio), as
         mean squares (NaN: not scored yet)."""
         w = meta[:, MW_MODEL : MW_SEAS + 1]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ms = meta[:, MS_MODEL : MS_SEAS + 1] / w
-            best = np.where(w[:, 1:] > 0, ms[:, 1:], np.inf).min(axis=1)
-            bad = (best < np.inf) & (ms[:, 0] > best * self._ratio2)
-            if self._train2 is not None:
-                bad |= ms[:, 0] > self._train2
+        ms = np.divide(meta[:, MS_MODEL : MS_SEAS + 1], w, out=np.full(w.shape, np.inf),
+                       where=w > 0)  # inf: not scored
+        bad = ms[:, 0] > ms[:, 1:].min(axis=1) * self._ratio2
+        if self._train2 is not None:
+            bad |= ms[:, 0] > self._train2
+        bad &= w[:, 0] > 0
         return bad
 
     def _bad_one(self, meta: list[float]) -> bool:
@@ -739,31 +751,31 @@ class Scorer:
         """The `"intervals"` member of each prediction (`y` [n, H, K], `radii` [n, H, K, C]): per
         coverage, [lo, hi] per horizon step (one target) or per step and target ([H][K][2]), in
         float32 like the forecasts. One serialisation for all streams (see `_cut`)."""
-        n, h = radii.shape[:2]
-        y = y.reshape(n, h, -1, 1).astype(np.float32, copy=False)
-        r = radii.astype(np.float32)
-        lohi = np.stack([y - r, y + r], axis=-1)  # [n, H, K, C, 2]
-        lohi = np.moveaxis(lohi, 3, 1)  # [n, C, H, K, 2]
-        if lohi.shape[3] == 1:
+        n, h, k, c = radii.shape
+        lohi = np.empty((n, c, h, k, 2), np.float32)
+        y = y.reshape(n, 1, h, k)
+        r = np.moveaxis(radii, 3, 1)  # [n, C, H, K]
+        np.subtract(y, r, out=lohi[..., 0])
+        np.add(y, r, out=lohi[..., 1])
+        if k == 1:
             lohi = lohi[:, :, :, 0]  # [n, C, H, 2]
-        parts = _cut(lohi)  # [n][C], each without its own brackets
         d = lohi.ndim - 2
         doc = b"{" + b",".join(b'"%s":%s%%b%s' % (_key(v).encode(), b"[" * d, b"]" * d)
                                for v in self.coverages) + b"}"
-        return [doc % tuple(p) for p in parts]
+        return [doc % p for p in _cut(lohi)]
 
 
-def _cut(arr: np.ndarray) -> list[list[bytes]]:
+def _cut(arr: np.ndarray) -> list[tuple[bytes, ...]]:
     """`arr` [n, J, ...] serialised in one call and cut into its elements [n][J], each without
     its own brackets (arr.ndim - 2 of them): as one list of n·J elements, a regular nested array
     of numbers has `]...],[...[` of the elements' depth between its elements only."""
     n, j = arr.shape[:2]
     if not n * j:
-        return [[] for _ in range(n)]
+        return [() for _ in range(n)]
     d = arr.ndim - 2
     raw = _dumps(np.ascontiguousarray(arr).reshape(n * j, *arr.shape[2:]))  # orjson: C order
     parts = raw[d + 1 : -d - 1].split(b"]" * d + b"," + b"[" * d)
-    return [parts[i : i + j] for i in range(0, n * j, j)]
+    return list(zip(*[iter(parts)] * j, strict=True))  # groups of j
 
 
 def _extra(st: StreamState) -> list[np.ndarray]:
