@@ -220,6 +220,26 @@ def test_one_stream_path_equals_the_vectorised_one(seeded: bool) -> None:
     assert changes1 == sorted(changesn) and any(up for *_, up in changes1)
 
 
+
+def test_intervals_of_one_stream_read_as_among_many() -> None:
+    """One stream's intervals (a low rate: their own path) are the same bytes as that stream's
+    among many, and read back as forecast ± radius in float32, per step (and target)."""
+    rng = np.random.default_rng(3)
+    sc = Scorer(manifest(3, gaussian_seed(3)), ScoreSettings())
+    for k in (1, 2):
+        y = rng.normal(50, 10, (4, 3, k)).astype(np.float32)
+        radii = rng.uniform(0, 5, (4, 3, k, 2))
+        many = sc.intervals_many(y, radii)
+        for i in range(4):
+            assert sc.intervals_many(y[i : i + 1], radii[i : i + 1]) == [many[i]]
+            doc = json.loads(many[i])
+            for j, c in enumerate(("0.8", "0.95")):
+                got = np.array(doc[c]).reshape(3, k, 2).astype(np.float32)
+                for side, sign in ((0, -1.0), (1, 1.0)):
+                    want = (y[i].astype(np.float64) + sign * radii[i, ..., j]).astype(np.float32)
+                    np.testing.assert_array_equal(got[..., side], want)
+
+
 # -- the daemon's processor ---------------------------------------------------------------------
 
 
