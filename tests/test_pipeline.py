@@ -99,6 +99,7 @@ def test_daemon_forecasts_equal_keras_on_every_stream(
         lo_hi = np.array(mine[0]["intervals"]["0.8"])
         seed = np.array(manifest.conformal["abs_quantiles"])[:, 0, :]  # [H, levels]
         radius = [np.interp(0.8, manifest.conformal["levels"], row) for row in seed]
-        np.testing.assert_allclose((lo_hi[:, 1] - lo_hi[:, 0]) / 2, radius, rtol=1e-5)
+        ulp = float(np.spacing(np.float32(np.abs(lo_hi).max())))  # the bounds are float32
+        np.testing.assert_allclose((lo_hi[:, 1] - lo_hi[:, 0]) / 2, radius, rtol=1e-6, atol=ulp)
         assert np.all(lo_hi[:, 0] < have[0]) and np.all(have[0] < lo_hi[:, 1])
     assert daemon.stop() == 0
