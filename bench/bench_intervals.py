@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_intervals.py [--data examples/data/seattle-temps.csv]
         [--time-col date] [--target temp] [--horizon 6] [--season 24] [--epochs 30]
+        [--shift-positions 6]
 
 Trains and exports a model on the series (statecast-train, statecast-export), then replays the
 whole series through the daemon's Processor (no broker: the publisher is a list) and looks at the
@@ -13,8 +14,13 @@ forecasts made over the held-out tail (the trainer's last 20 %):
   hindsight);
 * the daemon's own scores (its Prometheus counters over the tail) beside the trainer's held-out
   RMSE;
-* a level shift injected halfway through the tail: the coverage two seasons later, and whether
-  the drift alarm fired (and when it cleared).
+* a level shift injected at several positions, spread evenly from the tail's start to the last
+  one that leaves four seasons and a horizon after it (fewer, or only the tail's start, where the
+  series is too short), one fresh replay per position, shifted from that position on: the
+  coverage in windows after the shift (its first two seasons, seasons 2-4, season 2 to the end),
+  pooled per horizon step over every position's forecasts, with the range of the positions'
+  own coverages; and at how many positions the drift alarm fired, how many periods after the
+  shift it was first raised, and whether and when it cleared.
 
 Prints tables and writes bench/results/intervals.json. Not part of the test suite.
 """
@@ -99,25 +105,39 @@ def replay(model: Path, times: pd.Series, values: np.ndarray, tail_start: int,
     return rec
 
 
-def tail_table(rec: Recorder, values: np.ndarray, start: int, end: int, h: int,
-               seed: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Per horizon step over forecasts made at origins [start, end - h): errors, adaptive and
-    static intervals."""
+Segment = tuple[Recorder, np.ndarray, int, int]  # a replay, the values it saw, origins [a, b)
+
+
+def tail_table(segments: list[Segment], h: int, seed: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Per horizon step over the forecasts made at origins [start, end - h) of each segment,
+    pooled: errors, adaptive and static intervals; with several segments also each one's
+    coverage (None where it has no forecasts) and their range."""
     rows = []
-    end = min(end, len(values))
     for k in range(h):
-        origins = [i for i in range(start, end - h) if i in rec.forecasts]
-        if not origins:  # a window past the end of a short series
+        errors, actuals, ivs = [], [], {c: [] for c in COVERAGES}
+        for rec, values, start, end in segments:
+            end = min(end, len(values))
+            origins = [i for i in range(start, end - h) if i in rec.forecasts]
+            f = np.array([rec.forecasts[i]["forecast"][k] for i in origins], dtype=np.float64)
+            y = values[np.array(origins, dtype=int) + k + 1]
+            errors.append(f - y)
+            actuals.append(y)
+            for c in COVERAGES:
+                iv = [rec.forecasts[i]["intervals"][c][k] for i in origins]
+                ivs[c].append(np.array(iv, dtype=np.float64).reshape(-1, 2))
+        e = np.concatenate(errors)
+        if not len(e):  # a window past the end of a short series
             rows.append({"h": k + 1, "n": 0})
             continue
-        f = np.array([rec.forecasts[i]["forecast"][k] for i in origins])
-        y = values[np.array(origins) + k + 1]
-        e = f - y
+        y = np.concatenate(actuals)
         row: dict[str, Any] = {"h": k + 1, "n": len(e), "mae": float(np.mean(np.abs(e))),
                                "rmse": float(np.sqrt(np.mean(e**2)))}
+        if len(segments) > 1:
+            row["n_per_position"] = [len(x) for x in errors]
         for c in COVERAGES:
-            iv = np.array([rec.forecasts[i]["intervals"][c][k] for i in origins])
-            cov = float(np.mean((iv[:, 0] <= y) & (y <= iv[:, 1])))
+            iv = np.concatenate(ivs[c])
+            hit = (iv[:, 0] <= y) & (y <= iv[:, 1])
+            cov = float(np.mean(hit))
             width = float(np.mean(iv[:, 1] - iv[:, 0]))
             r0 = float(seed[c][k])
             hindsight = float(np.quantile(np.abs(e), min(cov, 1.0)))
@@ -125,8 +145,39 @@ def tail_table(rec: Recorder, values: np.ndarray, start: int, end: int, h: int,
                       "static_coverage": float(np.mean(np.abs(e) <= r0)),
                       "static_width": 2 * r0, "hindsight_width": 2 * hindsight,
                       "width_vs_hindsight": width / (2 * hindsight) if hindsight else None}
+            if len(segments) > 1:
+                own = [float(np.mean(x)) if len(x) else None
+                       for x in np.split(hit, np.cumsum([len(x) for x in errors])[:-1])]
+                seen = [x for x in own if x is not None]
+                row[c] |= {"per_position": own, "range": [min(seen), max(seen)]}
         rows.append(row)
     return {"horizon": rows}
+
+
+def shift_positions(start: int, n: int, h: int, season: int, count: int) -> list[int]:
+    """`count` positions spread evenly from `start` to the last one with four seasons and a
+    horizon after it (fewer where they coincide; only `start` where even that one has not)."""
+    hi = n - 4 * season - h
+    return [int(a) for a in np.unique(np.linspace(start, max(start, hi), count).round())]
+
+
+def alarm_after(events: list[tuple[int, bool]], at: int, n: int) -> dict[str, Any]:
+    """The drift alarm around a shift at `at` of a series of `n` rows: up when it came, first
+    raise at or after it and the first clear after that (periods after the shift; None for
+    never)."""
+    before = [(i, up) for i, up in events if i < at]
+    after = [(i - at, up) for i, up in events if i >= at]
+    raised = next((d for d, up in after if up), None)
+    cleared = None if raised is None else next(
+        (d for d, up in after if not up and d > raised), None)
+    return {"at": at, "periods_after": n - at, "up_at_shift": bool(before and before[-1][1]),
+            "raised": raised, "cleared": cleared, "events": after,
+            "alarms_before_shift": before}
+
+
+def delays(xs: list[int]) -> dict[str, float] | None:
+    """Median, min and max of a list of delays (None when empty)."""
+    return ({"median": float(np.median(xs)), "min": min(xs), "max": max(xs)} if xs else None)
 
 
 def main() -> int:
@@ -137,8 +188,12 @@ def main() -> int:
     p.add_argument("--horizon", type=int, default=6)
     p.add_argument("--season", type=int, default=24)
     p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--shift", type=float, help="level shift added halfway through the tail "
-                   "(default 3 × the standard deviation of the series' hourly changes)")
+    p.add_argument("--shift", type=float, help="level shift added from each position on "
+                   "(default 3 × the standard deviation of the series' changes per period)")
+    p.add_argument("--shift-positions", type=int, default=6, metavar="P",
+                   help="inject the shift at P positions (one replay each), spread evenly from "
+                   "the tail's start to the last one with 4 seasons and a horizon after it; "
+                   "fewer where the series is too short")
     p.add_argument("--lr", type=float, default=EdgeConfig.score_lr, help="score_lr")
     p.add_argument("--scorecast", type=float, help="score_scorecast (default: the daemon's)")
     p.add_argument("--train-ratio", type=float, default=2.0, help="drift_train_ratio")
@@ -163,7 +218,7 @@ def main() -> int:
     settings = {"score_lr": args.lr, "drift_train_ratio": args.train_ratio,
                 "score_scorecast": args.scorecast}
     rec = replay(model, times, values, start, **settings)
-    plain = tail_table(rec, values, start, n, h, seed)
+    plain = tail_table([(rec, values, start, n)], h, seed)
     t0, t1 = rec.totals0, rec.totals1
     live_rmse = float(np.sqrt((t1["sq_err"] - t0["sq_err"]).sum()
                               / (t1["scored"] - t0["scored"]).sum()))
@@ -175,19 +230,39 @@ def main() -> int:
                               "live_rmse": live_rmse, "tail": plain}
 
     shift = args.shift or 3.0 * float(np.std(np.diff(values)))
-    at = start + (n - start) // 2
-    shifted = values.copy()
-    shifted[at:] += shift
-    rec2 = replay(model, times, shifted, start, **settings)
-    after = tail_table(rec2, shifted, at + 2 * season, min(n, at + 4 * season), h, seed)
-    later = tail_table(rec2, shifted, at + 2 * season, n, h, seed)
-    during = tail_table(rec2, shifted, at, at + 2 * season, h, seed)
-    fired = [(i - at, up) for i, up in rec2.events if i >= at]
+    ats = shift_positions(start, n, h, season, max(1, args.shift_positions))
+    windows = {"first_two_seasons": (0, 2 * season), "seasons_2_to_4": (2 * season, 4 * season),
+               "from_2_seasons_to_end": (2 * season, n)}
+    segments: dict[str, list[Segment]] = {name: [] for name in windows}
+    alarms = []
+    for at in ats:
+        shifted = values.copy()
+        shifted[at:] += shift
+        rec2 = replay(model, times, shifted, start, **settings)
+        for name, (a, b) in windows.items():
+            segments[name].append((rec2, shifted, at + a, min(n, at + b)))
+        alarms.append(alarm_after(rec2.events, at, n))
+    pooled = {name: tail_table(segs, h, seed) for name, segs in segments.items()}
+    per_position = []
+    for i, alarm in enumerate(alarms):
+        own = {name: tail_table([segs[i]], h, seed)["horizon"] for name, segs in segments.items()}
+        per_position.append(alarm | {name: [
+            {"h": row["h"], "n": row["n"]}
+            | {c: row[c]["coverage"] for c in COVERAGES if row["n"]} for row in rows]
+            for name, rows in own.items()})
+    raised = [a["raised"] for a in alarms if a["raised"] is not None]
+    cleared = [a["cleared"] for a in alarms if a["cleared"] is not None]
+    mid = alarms[len(alarms) // 2]
     result["alarms_without_shift"] = rec.events
-    result["level_shift"] = {"shift": shift, "at": at, "events": fired,
-                             "first_two_seasons": during, "seasons_2_to_4": after,
-                             "from_2_seasons_to_end": later,
-                             "alarms_before_shift": [(i, up) for i, up in rec2.events if i < at]}
+    result["level_shift"] = {
+        "shift": shift, "positions": ats,
+        "alarm": {"positions": len(ats), "fired": len(raised), "raised_after": delays(raised),
+                  "cleared": len(cleared), "cleared_after": delays(cleared),
+                  "up_at_shift": sum(a["up_at_shift"] for a in alarms)},
+        **pooled, "per_position": per_position,
+        # the middle position's, as with the one injection there was
+        "at": mid["at"], "events": mid["events"],
+        "alarms_before_shift": mid["alarms_before_shift"]}
     report(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -218,18 +293,39 @@ def report(r: dict[str, Any]) -> None:
           f"held-out evaluation {tr:.4f} ({r['live_rmse'] / tr - 1:+.1%})")
     ls = r["level_shift"]
     print(f"\nDrift alarms without a shift (row, raised?): {r['alarms_without_shift']}")
-    print(f"\nLevel shift of {ls['shift']:+.3f} at row {ls['at']}: drift events (periods after "
-          f"the shift, raised?) {ls['events']}; alarms before it: {ls['alarms_before_shift']}")
+    al = ls["alarm"]
+    print(f"\nLevel shift of {ls['shift']:+.3f}, injected (one replay each) at rows "
+          f"{', '.join(map(str, ls['positions']))}")
+    line = f"  drift alarm raised at {al['fired']} of {al['positions']} positions"
+    if al["raised_after"]:
+        d = al["raised_after"]
+        line += f", {d['median']:g} periods after the shift (median; {d['min']}-{d['max']})"
+    line += f"; cleared at {al['cleared']}"
+    if al["cleared_after"]:
+        d = al["cleared_after"]
+        line += f", {d['median']:g} periods after the shift (median; {d['min']}-{d['max']})"
+    if al["up_at_shift"]:
+        line += f"; already up at the shift at {al['up_at_shift']}"
+    print(line)
+    for pos in ls["per_position"]:
+        print(f"    row {pos['at']} ({pos['periods_after']} periods left): raised "
+              f"{pos['raised']}, cleared {pos['cleared']} (periods after the shift); alarms "
+              f"before it {pos['alarms_before_shift']}")
+    print("\n  Coverage after the shift, per horizon step: pooled over the positions (the "
+          "positions' own range)")
+    print(f"  | {'window':<21} | {'h':>2} | {'n':>5} | {'cov 80':>6} | {'positions':>11} "
+          f"| {'cov 95':>6} | {'positions':>11} |")
+    print("  |" + "|".join("-" * w for w in (23, 4, 7, 8, 13, 8, 13)) + "|")
     for name in ("first_two_seasons", "seasons_2_to_4", "from_2_seasons_to_end"):
-        covs = [(row["0.8"]["coverage"], row["0.95"]["coverage"]) for row in
-                ls[name]["horizon"] if row["n"]]
-        if not covs:
-            print(f"  coverage {name.replace('_', ' ')}: no forecasts (the series is too short)")
-            continue
-        print(f"  coverage {name.replace('_', ' ')}: 80 % "
-              + " ".join(f"{a:.0%}" for a, _ in covs) + "; 95 % "
-              + " ".join(f"{b:.0%}" for _, b in covs))
-
+        label = name.replace("_", " ").replace("2 to 4", "2-4")
+        for row in ls[name]["horizon"]:
+            cells = [f"{label:<21}", f"{row['h']:>2}", f"{row['n']:>5}"]
+            for c in COVERAGES:
+                x = row.get(c)
+                rng = x.get("range") if x else None
+                cells += [f"{x['coverage']:>6.1%}" if x else f"{'-':>6}",
+                          f"{rng[0]:>5.0%}-{rng[1]:<5.0%}" if rng else f"{'-':>11}"]
+            print("  | " + " | ".join(cells) + " |")
 
 if __name__ == "__main__":
     sys.exit(main())
