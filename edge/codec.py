@@ -328,7 +328,7 @@ class Encoder:
         self.steps = [freq * k for k in range(1, self.horizon + 1)] if freq else None
         self._model_json = json.dumps(self.model_id)
         self._at_json: dict[datetime, str] = {}
-        self._tail: dict[Any, bytes] = {}  # ',"at":[...],"model":"..."}' by raw timestamp
+        self._tail: dict[Any, bytes] = {}  # ',"at":[...],"model":"..."' by raw timestamp
         self._ptail: dict[tuple[float, Any], bytes] = {}  # the same by (period, time zone)
         self._head: dict[str, bytes] = {}  # '{"stream":"...","ts":' by stream
 
@@ -359,17 +359,19 @@ class Encoder:
             after = self.grid.after
             at = [iso_time(after(period, k), tz) for k in range(1, self.horizon + 1)]
             tail = (f',"period":{json.dumps(iso_time(period, tz))},'
-                    f'"at":{json.dumps(at, separators=(",", ":"))},"model":{self._model_json}}}'
-                    ).encode()
+                    f'"at":{json.dumps(at, separators=(",", ":"))},"model":{self._model_json}'
+                    ).encode()  # the document is closed by `prediction`
             if len(self._ptail) >= AT_CACHE:
                 self._ptail.clear()
             self._ptail[key] = tail
         return tail
 
     def prediction(self, stream: str, obs: Observation, y: np.ndarray,
-                   period: float | None = None) -> bytes:
+                   period: float | None = None, members: bytes = b"") -> bytes:
         """`y` is the graph output for one stream (batch dimension included or not); `period`
-        the period time of a grid step (None: `at` counts from the observation's time)."""
+        the period time of a grid step (None: `at` counts from the observation's time);
+        `members`: more JSON members for the document, each with its leading comma (the
+        intervals), written in the same call."""
         y = np.asarray(y)
         if y.shape and y.shape[0] == 1 and y.ndim > 1:
             y = y[0]
@@ -386,13 +388,12 @@ class Encoder:
             else:
                 tail = self._tail.get(obs.ts_raw)  # raw: a datetime hashes slowly
             if tail is None:
-                tail = (f',"at":{self._at_fragment(obs.ts)},"model":{self._model_json}}}'
-                        ).encode()
+                tail = f',"at":{self._at_fragment(obs.ts)},"model":{self._model_json}'.encode()
                 if len(self._tail) >= AT_CACHE:
                     self._tail.clear()
                 self._tail[obs.ts_raw] = tail
             return b"".join((head, _dumps(obs.ts_raw), b',"forecast":',
-                             _dumps(y.reshape(-1).tolist()), tail))
+                             _dumps(y.reshape(-1).tolist()), tail, members, b"}"))
         doc: dict[str, Any] = {"stream": stream, "ts": obs.ts_raw}
         if self.classes is not None:
             probs = y.reshape(self.horizon, len(self.classes))
@@ -414,7 +415,8 @@ class Encoder:
         else:
             doc["at"] = self.at(obs.ts)
         doc["model"] = self.model_id
-        return json.dumps(doc, separators=(",", ":")).encode()
+        body = json.dumps(doc, separators=(",", ":")).encode()
+        return body[:-1] + members + b"}" if members else body
 
     def error(self, stream: str, reason: str, detail: str, payload: bytes, topic: str) -> bytes:
         return error_payload(stream, reason, detail, payload, topic, self.model_id)

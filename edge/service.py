@@ -269,9 +269,8 @@ class Processor:
               period: float | None = None, intervals: bytes | None = None) -> None:
         """Encode and publish one prediction (`y` with its batch dimension of 1), with the
         JSON of its intervals when given."""
-        body = self.encoder.prediction(stream, obs, y, period)
-        if intervals is not None:
-            body = b"".join((body[:-1], b',"intervals":', intervals, b"}"))
+        body = self.encoder.prediction(stream, obs, y, period,
+                                       b',"intervals":' + intervals if intervals else b"")
         if self.publish_forecast(self.topic(self.config.publish, stream), body, self.qos):
             self.metrics.predictions_out += 1
         else:
@@ -490,7 +489,7 @@ class Processor:
                 return []
             issued = sc.intervals_many(y, out.radii)
             if len(at) == len(pending):
-                return list(issued)
+                return issued
             by: list[bytes | None] = [None] * len(pending)
             for i, text in zip(at, issued, strict=True):
                 by[i] = text
