@@ -114,7 +114,9 @@ def tail_table(segments: list[Segment], h: int, seed: dict[str, np.ndarray]) -> 
     coverage (None where it has no forecasts) and their range."""
     rows = []
     for k in range(h):
-        errors, actuals, ivs = [], [], {c: [] for c in COVERAGES}
+        errors: list[np.ndarray] = []
+        actuals: list[np.ndarray] = []
+        ivs: dict[str, list[np.ndarray]] = {c: [] for c in COVERAGES}
         for rec, values, start, end in segments:
             end = min(end, len(values))
             origins = [i for i in range(start, end - h) if i in rec.forecasts]
@@ -135,10 +137,10 @@ def tail_table(segments: list[Segment], h: int, seed: dict[str, np.ndarray]) -> 
         if len(segments) > 1:
             row["n_per_position"] = [len(x) for x in errors]
         for c in COVERAGES:
-            iv = np.concatenate(ivs[c])
-            hit = (iv[:, 0] <= y) & (y <= iv[:, 1])
+            lohi = np.concatenate(ivs[c])
+            hit = (lohi[:, 0] <= y) & (y <= lohi[:, 1])
             cov = float(np.mean(hit))
-            width = float(np.mean(iv[:, 1] - iv[:, 0]))
+            width = float(np.mean(lohi[:, 1] - lohi[:, 0]))
             r0 = float(seed[c][k])
             hindsight = float(np.quantile(np.abs(e), min(cov, 1.0)))
             row[c] = {"coverage": cov, "width": width,

@@ -489,7 +489,7 @@ class Processor:
                 return []
             issued = sc.intervals_many(y, out.radii)
             if len(at) == len(pending):
-                return issued
+                return list(issued)
             by: list[bytes | None] = [None] * len(pending)
             for i, text in zip(at, issued, strict=True):
                 by[i] = text
