@@ -19,6 +19,7 @@ import argparse
 import csv
 import json
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,6 +87,8 @@ def main() -> int:
         return 2
     broker = Mosquitto(binary, out / "broker")
     broker.start()
+    # the replay starts over: a state kept from an earlier run would find every reading old
+    shutil.rmtree(out / "state", ignore_errors=True)
     daemon = subprocess.Popen([
         str(BIN / "statecast-edge"), "--model", str(model), "--broker", broker.url,
         "--subscribe", "sensors/+/temp", "--publish", "forecasts/{stream}",
@@ -217,8 +220,11 @@ def _live(args: argparse.Namespace, url: str, inbox: queue.Queue[tuple[str, dict
                   f"{f('seasonal_rmse') if 'seasonal_rmse' in score else 'n/a':>8} "
                   f"{f('coverage', '0.8'):>8} {f('coverage', '0.95'):>8} "
                   f"{f('width', '0.8'):>9}")
-    _plot(rows, actual, out / "forecast.png")
-    print(f"plot: {out / 'forecast.png'}")
+    if len(rows) >= 2:
+        _plot(rows, actual, out / "forecast.png")
+        print(f"plot: {out / 'forecast.png'}")
+    else:
+        print("no plot: fewer than two forecasts came back", file=sys.stderr)
     return 0 if got == live and errors == 0 else 1
 
 
