@@ -155,13 +155,9 @@ class Totals:
     shape: tuple[int, int, int]  # H, K, C
     per_k: float  # targets are averaged (a classifier's squared errors summed: Brier)
 
-    @classmethod
-    def zeros(cls, h: int, k: int, c: int, per_k: float) -> Totals:
-        return cls(np.zeros(h * k * (6 + 2 * c) + 3 * h), (h, k, c), per_k)
-
     def _sums(self) -> np.ndarray:
-        h, k, c = self.shape
-        return self.acc[: h * k * (6 + 2 * c)].reshape(h, k, -1).sum(axis=1) * self.per_k
+        h, k = self.shape[:2]
+        return self.acc[: -3 * h].reshape(h, k, -1).sum(axis=1) * self.per_k
 
     def _counts(self) -> np.ndarray:
         h = self.shape[0]
@@ -259,9 +255,14 @@ class Scorer:
             self.layout.view(t, "g")[0] = g0
             q0 = q0 - g0[..., None]
         self.layout.view(t, "q")[0] = q0
-        self.totals = Totals.zeros(h, k, len(self.coverages), self._per_k)
+        self.totals = Totals(np.zeros(self._block.stop - self._block.start),
+                             (h, k, len(self.coverages)), self._per_k)
         self.alarms: set[str] = set()  # streams in alarm (resident or not), for the gauge
         self.table = RowTables([(self.layout.size,)], np.float64, _extra, _put_extra)
+        # the intervals member by the brackets of one coverage's [H][2] (one target) or [H][K][2]
+        self._intervals_doc = {d: b"{" + b",".join(
+            b'"%s":%s%%b%s' % (_key(v).encode(), b"[" * d, b"]" * d)
+            for v in self.coverages) + b"}" for d in (2, 3)}
         self._work = np.empty((0, self.layout.size))
 
     def _lookups(self, h: int, k: int, s: int | None, history: int) -> None:
@@ -752,13 +753,6 @@ class Scorer:
         coverage, [lo, hi] per horizon step (one target) or per step and target ([H][K][2]), in
         float32 like the forecasts. One serialisation for all streams (see `_cut`)."""
         n, h, k, c = radii.shape
-        if n == 1 and k == 1:  # one stream (a low rate): a few small calls, as many as C
-            f = y.reshape(h, 1).astype(np.float64)
-            r = radii[0, :, 0, :].T[:, :, None]  # [C, H, 1]
-            pairs = np.ascontiguousarray(np.concatenate((f - r, f + r), axis=2),
-                                         dtype=np.float32)  # [C, H, 2]
-            return [b"{" + b",".join(b'"%s":%s' % (_key(v).encode(), _dumps(p))
-                                     for v, p in zip(self.coverages, pairs, strict=True)) + b"}"]
         lohi = np.empty((n, c, h, k, 2), np.float32)
         y = y.reshape(n, 1, h, k)
         r = np.moveaxis(radii, 3, 1)  # [n, C, H, K]
@@ -766,9 +760,7 @@ class Scorer:
         np.add(y, r, out=lohi[..., 1])
         if k == 1:
             lohi = lohi[:, :, :, 0]  # [n, C, H, 2]
-        d = lohi.ndim - 2
-        doc = b"{" + b",".join(b'"%s":%s%%b%s' % (_key(v).encode(), b"[" * d, b"]" * d)
-                               for v in self.coverages) + b"}"
+        doc = self._intervals_doc[lohi.ndim - 2]
         return [doc % p for p in _cut(lohi)]
 
 
