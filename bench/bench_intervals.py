@@ -156,6 +156,19 @@ def tail_table(segments: list[Segment], h: int, seed: dict[str, np.ndarray]) -> 
     return {"horizon": rows}
 
 
+def own_rows(rows: list[dict[str, Any]], i: int, positions: int) -> list[dict[str, Any]]:
+    """Position i's forecasts and coverage per horizon step, from the pooled rows."""
+    out = []
+    for row in rows:
+        if positions == 1 or not row["n"]:
+            n, cov = row["n"], {c: row[c]["coverage"] for c in COVERAGES if row["n"]}
+        else:
+            n = row["n_per_position"][i]
+            cov = {c: row[c]["per_position"][i] for c in COVERAGES} if n else {}
+        out.append({"h": row["h"], "n": n} | cov)
+    return out
+
+
 def shift_positions(start: int, n: int, h: int, season: int, count: int) -> list[int]:
     """`count` positions spread evenly from `start` to the last one with four seasons and a
     horizon after it (fewer where they coincide; only `start` where even that one has not)."""
@@ -245,13 +258,9 @@ def main() -> int:
             segments[name].append((rec2, shifted, at + a, min(n, at + b)))
         alarms.append(alarm_after(rec2.events, at, n))
     pooled = {name: tail_table(segs, h, seed) for name, segs in segments.items()}
-    per_position = []
-    for i, alarm in enumerate(alarms):
-        own = {name: tail_table([segs[i]], h, seed)["horizon"] for name, segs in segments.items()}
-        per_position.append(alarm | {name: [
-            {"h": row["h"], "n": row["n"]}
-            | {c: row[c]["coverage"] for c in COVERAGES if row["n"]} for row in rows]
-            for name, rows in own.items()})
+    per_position = [alarm | {name: own_rows(table["horizon"], i, len(ats))
+                             for name, table in pooled.items()}
+                    for i, alarm in enumerate(alarms)]
     raised = [a["raised"] for a in alarms if a["raised"] is not None]
     cleared = [a["cleared"] for a in alarms if a["cleared"] is not None]
     mid = alarms[len(alarms) // 2]
