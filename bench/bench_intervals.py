@@ -210,7 +210,8 @@ def main() -> int:
                    "the tail's start to the last one with 4 seasons and a horizon after it; "
                    "fewer where the series is too short")
     p.add_argument("--lr", type=float, default=EdgeConfig.score_lr, help="score_lr")
-    p.add_argument("--scorecast", type=float, help="score_scorecast (default: the daemon's)")
+    p.add_argument("--scorecast", type=float, default=EdgeConfig.score_scorecast,
+                   help="score_scorecast")
     p.add_argument("--train-ratio", type=float, default=2.0, help="drift_train_ratio")
     p.add_argument("--work", type=Path, help="keep the run and model here (reused when there)")
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/intervals.json")

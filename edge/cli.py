@@ -98,10 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--score-every", type=float, metavar="PERIODS", help="publish a stream's scores at most "
         "once per this many periods (default 12)")
     add("--score-lr", type=float, metavar="X", help="interval adaptation step, × the trainer's "
-        "validation RMSE (default 0.1)")
+        "validation RMSE (default 0.05)")
     add("--score-scorecast", type=float, metavar="PERIODS", help="half-life of the intervals' "
-        "scorecaster, the recent mean |error| they are built on (default a quarter of the "
-        "season, 6 periods without one; 0 for none)")
+        "scorecaster, the recent mean |error| they are built on (default 2; 0 for none)")
     add("--score-per-stream", action="store_true", default=None, help="per-stream score gauges "
         "on /metrics (one series per stream: mind the cardinality)")
     add("--drift-baseline-ratio", type=float, metavar="X", help="drift: rolling RMSE above the "

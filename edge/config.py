@@ -166,9 +166,9 @@ class EdgeConfig:
     intervals: tuple[float, ...] = (0.8, 0.95)
     score_half_life: float = 48.0
     score_every: float = 12.0
-    score_lr: float = 0.1
-    # the intervals' scorecaster: half-life in periods (None: a quarter of the season; 0: none)
-    score_scorecast: float | None = None
+    score_lr: float = 0.05
+    # the intervals' scorecaster: half-life in periods (0: none, quantile tracking alone)
+    score_scorecast: float = 2.0
     score_per_stream: bool = False
     drift_baseline_ratio: float = 1.0
     drift_train_ratio: float = 2.0
@@ -274,7 +274,7 @@ class EdgeConfig:
                 raise EdgeError(f"{name} must be positive")
         if self.score_every < 0:
             raise EdgeError("score_every must not be negative")
-        if self.score_scorecast is not None and not self.score_scorecast >= 0:
+        if not self.score_scorecast >= 0:
             raise EdgeError("score_scorecast must be a half-life in periods, or 0 for none")
         if self.drift_periods < 1 or self.drift_min_scored < 0:
             raise EdgeError("drift_periods must be at least 1 and drift_min_scored at least 0")

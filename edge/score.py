@@ -12,8 +12,8 @@ Per stream and horizon step h (and target k):
 
 * Intervals: forecast ± (g[h, k] + q[h, k, c]) for each coverage c — conformal PID control
   (Angelopoulos, Candès & Tibshirani 2023) with its two cheapest parts. The scorecaster g is the
-  recent mean |error| (exponentially weighted, half-life `scorecast`: a quarter of the season by
-  default), which follows a change in the size of the errors within a few periods; q is
+  recent mean |error| (exponentially weighted, half-life `scorecast`: 2 periods by default),
+  which follows a change in the size of the errors within a few periods; q is
   quantile tracking (the P part) on what g leaves: when the actual of a forecast made h+1
   steps ago arrives, q ← q + η·(miss − (1 − c)), miss = 1 if |error| exceeded the radius that
   forecast was published with, η = lr × the trainer's validation RMSE at (h, k). g starts at
@@ -92,8 +92,8 @@ class ScoreSettings:
 
     intervals: tuple[float, ...] = (0.8, 0.95)
     half_life: float = 48.0
-    lr: float = 0.1
-    scorecast: float | None = None  # half-life in periods; None: a quarter season; 0: none
+    lr: float = 0.05
+    scorecast: float = 2.0  # half-life in periods; 0: none
     every: float = 12.0
     baseline_ratio: float = 1.0
     train_ratio: float = 2.0
@@ -230,8 +230,7 @@ class Scorer:
         self.decay = 0.5 ** (1.0 / settings.half_life)
         # targets are averaged; a classifier's squared errors are summed over its classes (Brier)
         self._per_k = 1.0 if self.classify else 1.0 / k
-        # the scorecaster's half-life: a quarter of the season by default (6 periods without one)
-        hl = settings.scorecast if settings.scorecast is not None else (s / 4 if s else 6.0)
+        hl = settings.scorecast
         self._g_lam = 0.5 ** (1.0 / hl) if hl > 0 else None
         self._lookups(h, k, s, history)
         self._off = {name: sl.start for name, (sl, _) in self.layout.slices.items()}

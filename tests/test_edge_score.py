@@ -64,8 +64,9 @@ def run(sc: Scorer, truth: np.ndarray, noise: np.ndarray, offset: np.ndarray | N
 @pytest.mark.parametrize("seeded", [True, False])
 def test_intervals_cover_gaussian_noise_at_nominal(seeded: bool) -> None:
     """Gaussian noise of known sigma: the 80 % and 95 % intervals cover within 1.5 points per
-    horizon step over 20,000 forecasts each; seeded, the width is the ideal 2·z·sigma within 3 %;
-    unseeded, the radii start at zero and learn."""
+    horizon step over 20,000 forecasts each; seeded, the width is the ideal 2·z·sigma within 4 %
+    (the scorecaster's fast |error| costs ~3 % of width on noise of constant size); unseeded, the
+    radii start at zero and learn."""
     h, n, steps = 3, 4, 5000
     rng = np.random.default_rng(1)
     truth = 20 + 5 * np.sin(np.arange(steps) * 2 * np.pi / 24)[None, :].repeat(n, 0)
@@ -78,7 +79,7 @@ def test_intervals_cover_gaussian_noise_at_nominal(seeded: bool) -> None:
     for j, c in enumerate((0.8, 0.95)):
         np.testing.assert_allclose(cov[j], c, atol=0.015 if seeded else 0.02)
         if seeded:
-            np.testing.assert_allclose(width[j], 2 * Z[c], rtol=0.03)
+            np.testing.assert_allclose(width[j], 2 * Z[c], rtol=0.04)
     np.testing.assert_allclose(np.sqrt(t.sq_err / t.scored), 1.0, rtol=0.03)
 
 
@@ -100,7 +101,7 @@ def test_intervals_widen_after_the_noise_triples() -> None:
 
 def test_the_scorecaster_covers_a_run_of_large_errors_and_lets_go_after_it() -> None:
     """Forecasts off by 4 sigma for 48 periods, then right again: with the scorecaster (half-life
-    6 periods, the default without a season) the 80 % interval covers most of the run and is
+    2 periods, the default) the 80 % interval covers most of the run and is
     back near its old width 48 periods later; plain quantile tracking (scorecast 0) misses most
     of it and is still wide then, paying back its misses."""
     h, steps, t0, span = 1, 1300, 1000, 48
@@ -109,7 +110,7 @@ def test_the_scorecaster_covers_a_run_of_large_errors_and_lets_go_after_it() -> 
     offset = np.where((np.arange(steps) >= t0) & (np.arange(steps) < t0 + span), 4.0, 0.0)
     noise = rng.normal(0, 1, (1, steps))
     radii, covered = {}, {}
-    for name, hl in (("scorecast", None), ("plain", 0.0)):
+    for name, hl in (("scorecast", ScoreSettings.scorecast), ("plain", 0.0)):
         sc = Scorer(manifest(h, gaussian_seed(h)), ScoreSettings(scorecast=hl))
         _, outs = run(sc, truth, noise, offset)
         r = np.array([o.radii[0, 0, 0, 0] for o in outs])  # 80 %, issued at t
