@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.broker import Mosquitto, find_mosquitto
+from bench.broker import Mosquitto, find_mosquitto, free_port
 from bench.mqttload import RawClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,14 +103,27 @@ class Load:
         self.client.close()
 
 
-def daemon(model: Path, port: int, tag: str, qos: int, extra: list[str]) -> subprocess.Popen[bytes]:
+def daemon(model: Path, port: int, tag: str, qos: int, extra: list[str],
+           metrics_port: int | None = None) -> subprocess.Popen[bytes]:
+    more = ["--metrics-port", str(metrics_port)] if metrics_port is not None else []
     return subprocess.Popen(
-        [sys.executable, "-m", "edge.cli", "--model", str(model),
+        [sys.executable, "-m", "edge.cli", "--model", str(model), *more,
          "--broker", f"mqtt://127.0.0.1:{port}", "--subscribe", f"in{tag}/+/temp",
          "--publish", f"out{tag}/{{stream}}", "--client-id", tag, "--qos", str(qos),
          "--log-level", "WARNING", *extra],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
+
+
+def step_counts(metrics_port: int) -> tuple[float, float]:
+    """(messages taken in, model runs) from the daemon's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    values = {}
+    for name in ("messages_received_total", "model_runs_total"):
+        m = re.search(rf"^statecast_edge_{name}(?:{{[^}}]*}})? (\S+)$", text, re.M)
+        values[name] = float(m.group(1)) if m else math.nan
+    return values["messages_received_total"], values["model_runs_total"]
 
 
 def rss_mib(pid: int) -> tuple[float, float]:
@@ -150,7 +166,8 @@ def throughput(model: Path, port: int, tag: str, streams: int, qos: int, seconds
     observations per period and gets one forecast per period, so the observations counted are
     those of the periods whose forecast came back."""
     load = Load(port, tag, streams, qos, per)
-    proc = daemon(model, port, tag, qos, extra)
+    metrics_port = free_port()
+    proc = daemon(model, port, tag, qos, extra, metrics_port)
     try:
         if not load.wait(lambda: load.online, 30):
             raise RuntimeError(f"daemon {tag} did not come online")
@@ -158,7 +175,7 @@ def throughput(model: Path, port: int, tag: str, streams: int, qos: int, seconds
         if not load.wait(lambda: load.got >= streams, 60):
             raise RuntimeError(f"daemon {tag}: {load.got} of {streams} warm-up forecasts")
         spy = profiler(proc.pid, seconds, profile) if profile is not None else None
-        got0, t0 = load.got, time.perf_counter()
+        got0, t0, counts0 = load.got, time.perf_counter(), step_counts(metrics_port)
         end = t0 + seconds
         while time.perf_counter() < end:
             room = window - (load.seq - load.got * per)
@@ -167,6 +184,7 @@ def throughput(model: Path, port: int, tag: str, streams: int, qos: int, seconds
             load.client.pump(0.001 if room <= 0 else 0)
         t1 = time.perf_counter()
         got1 = load.got
+        counts1 = step_counts(metrics_port)
         rate = (got1 - got0) * per / (t1 - t0)
         whole = load.seq - load.seq % (streams * per)  # the periods that can close
         complete = load.wait(lambda: load.got * per >= whole, 30)
@@ -175,7 +193,9 @@ def throughput(model: Path, port: int, tag: str, streams: int, qos: int, seconds
             spy.wait(30)
         return {"obs_per_s": rate, "sent": load.seq, "received": load.got,
                 "lost": whole - load.got * per if not complete else 0, "rss_mib": rss[0],
-                "peak_rss_mib": rss[1]}
+                "peak_rss_mib": rss[1],
+                # observations per model run: how many streams the worker stepped together
+                "streams_per_step": (counts1[0] - counts0[0]) / max(1.0, counts1[1] - counts0[1])}
     finally:
         proc.terminate()
         proc.wait(30)
@@ -389,25 +409,34 @@ def ab_cost(args: argparse.Namespace, model: Path, port: int, extra: list[str], 
     s = max(int(v) for v in args.streams.split(","))
     runs: dict[str, list[float]] = {"with": [], "without": []}
     rss: dict[str, list[float]] = {"with": [], "without": []}
+    per_step: dict[str, list[float]] = {"with": [], "without": []}
     for k in range(rounds):
         for name, flags in (("with", on), ("without", off)):
             r = throughput(model, port, f"c{k}{what[:2]}{name[:2]}", s, 0, args.seconds,
                            args.window, extra + flags)
             runs[name].append(r["obs_per_s"])
             rss[name].append(r["rss_mib"])
+            per_step[name].append(r["streams_per_step"])
             print(f"  {s} streams QoS 0 {name} {what}: {r['obs_per_s']:,.0f} obs/s "
-                  f"(lost {r['lost']}, RSS {r['rss_mib']:.1f} MiB)", file=sys.stderr)
+                  f"(lost {r['lost']}, RSS {r['rss_mib']:.1f} MiB, "
+                  f"{r['streams_per_step']:.0f} streams per step)", file=sys.stderr)
     a, b = float(np.median(runs["with"])), float(np.median(runs["without"]))
     ra, rb = float(np.median(rss["with"])), float(np.median(rss["without"]))
+    # each "with" run against the "without" run next to it: less sensitive to the machine's drift
+    paired = float(np.median([1 - x / y for x, y in zip(runs["with"], runs["without"],
+                                                          strict=True)]))
     print(f"\n{what} cost {' '.join(on)}, {s} streams, QoS 0 (median of {rounds} alternated "
           f"runs of {args.seconds:g} s): {a:,.0f} obs/s with, {b:,.0f} without: "
-          f"{1 - a / b:+.1%} throughput lost; RSS {ra:.1f} MiB with, {rb:.1f} without "
-          f"({ra / rb - 1:+.1%})")
+          f"{1 - a / b:+.1%} throughput lost (median of the paired ratios {paired:+.1%}); "
+          f"RSS {ra:.1f} MiB with, {rb:.1f} without "
+          f"({ra / rb - 1:+.1%}); streams per step {np.median(per_step['with']):.0f} with, "
+          f"{np.median(per_step['without']):.0f} without")
     out = args.out.with_name(f"daemon-{what}.json") if args.out.name == "daemon.json" \
         else args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"streams": s, "qos": 0, "flags": on, "runs": runs, "rss_mib": rss,
                                "with_obs_per_s": a, "without_obs_per_s": b, "cost": 1 - a / b,
+                               "paired_cost_median": paired, "streams_per_step": per_step,
                                "load": os.getloadavg()}, indent=2))
     print(f"wrote {out}")
     return 0

@@ -1,10 +1,11 @@
 """Benchmark: the daemon's own per-message path, without MQTT.
 
-    .venv/bin/python bench/bench_processor.py [--streams 1000] [--rounds 30]
+    .venv/bin/python bench/bench_processor.py [--streams 1000] [--rounds 30] [--slice 256]
         [--out bench/results/processor.json] [--scoring-cost]
 
 `Processor.handle_many` — decode, checks, the batched step of a dynamic-batch graph, encode —
-over rounds of one observation per stream, in slices of 256 as the worker takes them; the
+over rounds of one observation per stream, in slices of 256 as the worker takes them (`--slice`:
+fewer streams stepped together, as when the worker finds fewer messages waiting); the
 publisher is a list. Measured with orjson (what the daemon uses when it is installed) and with
 the standard library's json (its fallback), the same messages, median of 5 runs each.
 With `--scoring-cost`: self-scoring on and off, alternated, over a batch-1 and a dynamic-batch
@@ -36,7 +37,7 @@ from edge.service import Processor, load_model
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(model: Path, streams: int, rounds: int, scoring: bool = True) -> float:
+def run(model: Path, streams: int, rounds: int, scoring: bool = True, size: int = 256) -> float:
     """µs per message of handle_many over `rounds` rounds (after one warm-up round)."""
     cfg = EdgeConfig(model=str(model), subscribe=("in/+/temp",), client_id="bench",
                      scoring=scoring)
@@ -54,8 +55,8 @@ def run(model: Path, streams: int, rounds: int, scoring: bool = True) -> float:
     proc.handle_many(msgs[0])
     t0 = time.perf_counter()
     for batch in msgs[1:]:
-        for j in range(0, streams, 256):
-            proc.handle_many(batch[j : j + 256])
+        for j in range(0, streams, size):
+            proc.handle_many(batch[j : j + size])
     dt = time.perf_counter() - t0
     assert proc.metrics.predictions_out == streams * (rounds + 1), "messages were dropped"
     return dt / (streams * rounds) * 1e6
@@ -65,6 +66,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--streams", type=int, default=1000)
     p.add_argument("--rounds", type=int, default=30)
+    p.add_argument("--slice", type=int, default=256, help="messages per handle_many call")
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/processor.json")
     p.add_argument("--scoring-cost", action="store_true", help="instead: self-scoring on and off "
                    "(--no-scoring), alternated, over a batch-1 and a dynamic-batch graph")
@@ -88,12 +90,12 @@ def main() -> int:
         for _ in range(5):
             for name, impl in (("orjson", fast), ("json", slow)):
                 edge.codec._loads, edge.codec._dumps, edge.codec._FAST_ERRORS = impl
-                times[name].append(run(model, args.streams, args.rounds))
+                times[name].append(run(model, args.streams, args.rounds, size=args.slice))
         edge.codec._loads, edge.codec._dumps, edge.codec._FAST_ERRORS = fast
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {"cpus": os.cpu_count(), "load_before": load_before, "load_after": os.getloadavg(),
               "streams": args.streams, "us_per_message": med, "runs": times}
-    print(f"\n{args.streams} streams, 1x32 LSTM (H=6), dynamic batch, slices of 256; load "
+    print(f"\n{args.streams} streams, 1x32 LSTM (H=6), dynamic batch, slices of {args.slice}; load "
           f"{load_before[0]:.2f} before, {result['load_after'][0]:.2f} after")
     print("| JSON | µs per message in Processor.handle_many |")
     print("|---|---|")
@@ -109,21 +111,21 @@ def scoring_cost(args: argparse.Namespace) -> int:
     """µs per message with and without self-scoring (alternated, median of 7), per graph."""
     load_before = os.getloadavg()
     result: dict[str, Any] = {"cpus": os.cpu_count(), "load_before": load_before,
-                              "streams": args.streams}
+                              "streams": args.streams, "slice": args.slice}
     with tempfile.TemporaryDirectory() as tmp:
         for batch in ("1", "dynamic"):
             model = build_model(Path(tmp) / f"m{batch}.onnx", units=32, horizon=6, batch=batch,
                                 model_id="bench")
             runs: dict[str, list[float]] = {"with": [], "without": []}
             for _ in range(7):
-                runs["with"].append(run(model, args.streams, args.rounds, True))
-                runs["without"].append(run(model, args.streams, args.rounds, False))
+                runs["with"].append(run(model, args.streams, args.rounds, True, args.slice))
+                runs["without"].append(run(model, args.streams, args.rounds, False, args.slice))
             med = {k: statistics.median(v) for k, v in runs.items()}
             result[batch] = {"us_per_message": med, "runs": runs,
                              "ratio": med["with"] / med["without"]}
     result["load_after"] = os.getloadavg()
-    print(f"\n{args.streams} streams, 1x32 LSTM (H=6), slices of 256, median of 7 alternated "
-          f"runs; load {load_before[0]:.2f} before, {result['load_after'][0]:.2f} after")
+    print(f"\n{args.streams} streams, 1x32 LSTM (H=6), slices of {args.slice}, median of 7 "
+          f"alternated runs; load {load_before[0]:.2f} before, {result['load_after'][0]:.2f} after")
     print("| graph | µs/message with scoring | without | with / without |")
     print("|---|---|---|---|")
     for batch in ("1", "dynamic"):
