@@ -262,7 +262,6 @@ class Scorer:
         self._intervals_doc = {d: b"{" + b",".join(
             b'"%s":%s%%b%s' % (_key(v).encode(), b"[" * d, b"]" * d)
             for v in self.coverages) + b"}" for d in (2, 3)}
-        self._work = np.empty((0, self.layout.size))
 
     def _lookups(self, h: int, k: int, s: int | None, history: int) -> None:
         """What every step needs and never changes: slot lookups by tau mod H (or mod the
@@ -333,10 +332,7 @@ class Scorer:
             row = table.tables[0][table.row(states[0])]
             return self._step_one(row, float(tau[0]), values[0], y[0])
         idx = table.rows(states)
-        n = len(idx)
-        if len(self._work) < n:  # the gathered rows, kept: no fresh block of memory per step
-            self._work = np.empty((max(n, 2 * len(self._work)), self.layout.size))
-        mat = np.take(table.tables[0], idx, axis=0, out=self._work[:n], mode="clip")
+        mat = table.tables[0][idx]
         out = self.step_rows(mat, tau, values, y)
         table.tables[0][idx] = mat
         return out
@@ -799,12 +795,12 @@ def _seed(conformal: dict[str, Any], h: int, k: int, coverages: tuple[float, ...
         levels = np.asarray(conformal["levels"], dtype=np.float64)
         qs = np.asarray(conformal["abs_quantiles"], dtype=np.float64)
         rmse = np.asarray(conformal["rmse"], dtype=np.float64)
-        mae = np.asarray(conformal.get("mae", 0.8 * rmse), dtype=np.float64)
+        mae = np.asarray(conformal.get("mae", ()), dtype=np.float64)
     except (KeyError, TypeError, ValueError):
         return unseeded
     if qs.shape != (h, k, len(levels)) or rmse.shape != (h, k) or len(levels) < 2:
         return unseeded
-    if mae.shape != (h, k):
+    if mae.shape != (h, k):  # older runs: no MAE; for Gaussian errors it is ~0.8 × the RMSE
         mae = 0.8 * rmse
     rows = qs.reshape(-1, len(levels))
     q0 = zero.copy()
