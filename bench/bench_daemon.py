@@ -46,6 +46,9 @@ from bench.broker import Mosquitto, find_mosquitto, free_port
 from bench.mqttload import RawClient
 
 ROOT = Path(__file__).resolve().parents[1]
+# --pin: the CPUs the daemon runs on (the broker and the load client keep the others), so that
+# runs compared with each other are not also comparing where the scheduler put the processes
+DAEMON_CPUS: set[int] = set()  # empty: not pinned
 
 
 class Load:
@@ -106,13 +109,22 @@ class Load:
 def daemon(model: Path, port: int, tag: str, qos: int, extra: list[str],
            metrics_port: int | None = None) -> subprocess.Popen[bytes]:
     more = ["--metrics-port", str(metrics_port)] if metrics_port is not None else []
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "edge.cli", "--model", str(model), *more,
          "--broker", f"mqtt://127.0.0.1:{port}", "--subscribe", f"in{tag}/+/temp",
          "--publish", f"out{tag}/{{stream}}", "--client-id", tag, "--qos", str(qos),
          "--log-level", "WARNING", *extra],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
+    if DAEMON_CPUS:  # before the interpreter has started its threads: they inherit it
+        os.sched_setaffinity(proc.pid, DAEMON_CPUS)
+    return proc
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def step_counts(metrics_port: int) -> tuple[float, float]:
@@ -176,6 +188,7 @@ def throughput(model: Path, port: int, tag: str, streams: int, qos: int, seconds
             raise RuntimeError(f"daemon {tag}: {load.got} of {streams} warm-up forecasts")
         spy = profiler(proc.pid, seconds, profile) if profile is not None else None
         got0, t0, counts0 = load.got, time.perf_counter(), step_counts(metrics_port)
+        cpu0 = cpu_seconds(proc.pid)
         end = t0 + seconds
         while time.perf_counter() < end:
             room = window - (load.seq - load.got * per)
@@ -184,6 +197,7 @@ def throughput(model: Path, port: int, tag: str, streams: int, qos: int, seconds
             load.client.pump(0.001 if room <= 0 else 0)
         t1 = time.perf_counter()
         got1 = load.got
+        cpu1 = cpu_seconds(proc.pid)
         counts1 = step_counts(metrics_port)
         rate = (got1 - got0) * per / (t1 - t0)
         whole = load.seq - load.seq % (streams * per)  # the periods that can close
@@ -194,6 +208,9 @@ def throughput(model: Path, port: int, tag: str, streams: int, qos: int, seconds
         return {"obs_per_s": rate, "sent": load.seq, "received": load.got,
                 "lost": whole - load.got * per if not complete else 0, "rss_mib": rss[0],
                 "peak_rss_mib": rss[1],
+                # the daemon's CPU time per observation (µs), and its share of the wall time
+                "cpu_us_per_obs": (cpu1 - cpu0) / max(1, (got1 - got0) * per) * 1e6,
+                "cpu_share": (cpu1 - cpu0) / (t1 - t0),
                 # observations per model run: how many streams the worker stepped together
                 "streams_per_step": (counts1[0] - counts0[0]) / max(1.0, counts1[1] - counts0[1])}
     finally:
@@ -287,8 +304,17 @@ def main() -> int:
                    "extra daemon flags for the run with scoring, e.g. '--score-every 6'")
     p.add_argument("--record-cost", type=int, metavar="ROUNDS", help="only measure what "
                    "--record costs, the same way")
+    p.add_argument("--pin", action="store_true", help="run the daemon on the last CPU and "
+                   "the broker and load client on the others (Linux), so that runs differ less "
+                   "by where the scheduler puts them")
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/daemon.json")
     args = p.parse_args()
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            sys.exit("bench_daemon: --pin needs at least 2 CPUs")
+        DAEMON_CPUS.add(cpus[-1])
+        os.sched_setaffinity(0, set(cpus[:-1]))  # the broker started below inherits it
     binary = find_mosquitto()
     if binary is None:
         sys.exit("bench_daemon: mosquitto not found (install it or set $STATECAST_MOSQUITTO)")
@@ -410,6 +436,7 @@ def ab_cost(args: argparse.Namespace, model: Path, port: int, extra: list[str], 
     runs: dict[str, list[float]] = {"with": [], "without": []}
     rss: dict[str, list[float]] = {"with": [], "without": []}
     per_step: dict[str, list[float]] = {"with": [], "without": []}
+    cpu: dict[str, list[float]] = {"with": [], "without": []}
     for k in range(rounds):
         for name, flags in (("with", on), ("without", off)):
             r = throughput(model, port, f"c{k}{what[:2]}{name[:2]}", s, 0, args.seconds,
@@ -417,9 +444,11 @@ def ab_cost(args: argparse.Namespace, model: Path, port: int, extra: list[str], 
             runs[name].append(r["obs_per_s"])
             rss[name].append(r["rss_mib"])
             per_step[name].append(r["streams_per_step"])
+            cpu[name].append(r["cpu_us_per_obs"])
             print(f"  {s} streams QoS 0 {name} {what}: {r['obs_per_s']:,.0f} obs/s "
                   f"(lost {r['lost']}, RSS {r['rss_mib']:.1f} MiB, "
-                  f"{r['streams_per_step']:.0f} streams per step)", file=sys.stderr)
+                  f"{r['streams_per_step']:.0f} streams per step, daemon CPU "
+                  f"{r['cpu_us_per_obs']:.1f} µs/obs at {r['cpu_share']:.0%})", file=sys.stderr)
     a, b = float(np.median(runs["with"])), float(np.median(runs["without"]))
     ra, rb = float(np.median(rss["with"])), float(np.median(rss["without"]))
     # each "with" run against the "without" run next to it: less sensitive to the machine's drift
@@ -430,13 +459,16 @@ def ab_cost(args: argparse.Namespace, model: Path, port: int, extra: list[str], 
           f"{1 - a / b:+.1%} throughput lost (median of the paired ratios {paired:+.1%}); "
           f"RSS {ra:.1f} MiB with, {rb:.1f} without "
           f"({ra / rb - 1:+.1%}); streams per step {np.median(per_step['with']):.0f} with, "
-          f"{np.median(per_step['without']):.0f} without")
+          f"{np.median(per_step['without']):.0f} without; daemon CPU "
+          f"{np.median(cpu['with']):.1f} µs/obs with, {np.median(cpu['without']):.1f} without"
+          f"{' (pinned to one CPU)' if DAEMON_CPUS else ''}")
     out = args.out.with_name(f"daemon-{what}.json") if args.out.name == "daemon.json" \
         else args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"streams": s, "qos": 0, "flags": on, "runs": runs, "rss_mib": rss,
                                "with_obs_per_s": a, "without_obs_per_s": b, "cost": 1 - a / b,
                                "paired_cost_median": paired, "streams_per_step": per_step,
+                               "cpu_us_per_obs": cpu, "pinned": bool(DAEMON_CPUS),
                                "load": os.getloadavg()}, indent=2))
     print(f"wrote {out}")
     return 0
