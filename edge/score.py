@@ -308,37 +308,41 @@ class Scorer:
         tau: np.ndarray,
         values: np.ndarray,
         y: np.ndarray,
+        issue: np.ndarray | None = None,
     ) -> ScoreStep:
         """Score, then issue: `extras` are the streams' scoring vectors (updated in place),
         `tau` their step times in periods (NaN without a frequency: steps are counted),
         `values` [n, F] the observed features at tau, `y` [n, H, K] the forecasts made at tau.
         The actual at tau scores the forecasts that targeted it, before the new forecasts get
-        their intervals."""
+        their intervals. `issue` [n] (default: all) is False for a stream that made no forecast
+        at tau (a window graph filling its window): its actual still scores and is kept."""
         if len(extras) == 1:
-            return self._step_one(extras[0], float(tau[0]), values[0], y[0])
+            return self._step_one(extras[0], float(tau[0]), values[0], y[0],
+                                  issue is None or bool(issue[0]))
         mat = np.stack(extras)
-        out = self.step_rows(mat, tau, values, y)
+        out = self.step_rows(mat, tau, values, y, issue)
         for x, row in zip(extras, mat, strict=True):
             x[:] = row
         return out
 
     def step_states(self, states: Sequence[StreamState], tau: np.ndarray, values: np.ndarray,
-                    y: np.ndarray) -> ScoreStep:
+                    y: np.ndarray, issue: np.ndarray | None = None) -> ScoreStep:
         """`step_many` on the streams' states (their extra `EXTRA`): gathered from and scattered
         back to the scorer's table with one numpy call each, which also holds them between
         steps (see `RowTables`)."""
         table = self.table
         if len(states) == 1:
             row = table.tables[0][table.row(states[0])]
-            return self._step_one(row, float(tau[0]), values[0], y[0])
+            return self._step_one(row, float(tau[0]), values[0], y[0],
+                                  issue is None or bool(issue[0]))
         idx = table.rows(states)
         mat = table.tables[0][idx]
-        out = self.step_rows(mat, tau, values, y)
+        out = self.step_rows(mat, tau, values, y, issue)
         table.tables[0][idx] = mat
         return out
 
-    def step_rows(self, mat: np.ndarray, tau: np.ndarray, values: np.ndarray, y: np.ndarray
-                  ) -> ScoreStep:
+    def step_rows(self, mat: np.ndarray, tau: np.ndarray, values: np.ndarray, y: np.ndarray,
+                  issue: np.ndarray | None = None) -> ScoreStep:
         """`step_many` on the streams' vectors as the rows of one matrix [n, size], in place."""
         lay, n, h = self.layout, len(mat), self.horizon
         meta = lay.view(mat, "meta")
@@ -367,12 +371,14 @@ class Scorer:
             lay.view(mat, "rad")[every[:, None], t_slot, self._hs] = radii
         lay.view(mat, "fc")[every[:, None], t_slot, self._hs] = y.reshape(n, h, -1)
         issued = (meta[:, STEPS] > self.warmup) & self.can_score  # warm-up: not scored
+        if issue is not None:
+            issued &= issue
         lay.view(mat, "orig")[every, t_h] = np.where(issued, tau, np.nan)
         due, changed = self._periodic(mat, tau)
         return ScoreStep(radii, due, changed, scored)
 
-    def _step_one(self, x: np.ndarray, tau: float, values: np.ndarray, y: np.ndarray
-                  ) -> ScoreStep:
+    def _step_one(self, x: np.ndarray, tau: float, values: np.ndarray, y: np.ndarray,
+                  issue: bool = True) -> ScoreStep:
         """`step_many` for one stream, in plain Python floats: numpy's cost per call dominates
         at one stream (one observation at a time, as at low rates). The same arithmetic in the
         same order; `test_one_stream_path_equals_the_vectorised_one` holds them together."""
@@ -410,7 +416,8 @@ class Scorer:
                 v[o_rad + cell * hkc : o_rad + (cell + 1) * hkc] = rq[hh * hkc : (hh + 1) * hkc]
         if c:
             radii = np.array(rq).reshape(1, h, k, c)
-        v[o["orig"] + int(tau % h)] = tau if steps > self.warmup and self.can_score else math.nan
+        v[o["orig"] + int(tau % h)] = \
+            tau if issue and steps > self.warmup and self.can_score else math.nan
         changed: list[tuple[int, bool]] = []
         if self.can_score and not tau <= v[mt + LAST_EVAL]:
             v[mt + LAST_EVAL] = tau

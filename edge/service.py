@@ -15,7 +15,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -422,7 +422,7 @@ class Processor:
                 self.report(stream, "internal", f"{type(exc).__name__}: {exc}", topic, payload)
             return 0
         ys = ran.ys
-        intervals = self._score(pending, ys, ran.batch)
+        intervals = self._score(pending, ys, ran.batch, ran.failed)
         advance = self.store.advance
         made = 0
         for i, ((stream, _, _, _, obs, topic, payload, period, publish), y) in enumerate(
@@ -452,28 +452,37 @@ class Processor:
         self, pending: list[Pending],
         ys: list[np.ndarray | None],
         batch: tuple[np.ndarray, np.ndarray] | None = None,
+        failed: Container[int] = (),
     ) -> list[bytes | None]:
         """Self-scoring of one model step (edge/score.py): the actuals just observed score the
         forecasts that targeted them, the new forecasts get their intervals (their JSON is
         returned by position in `pending`), due scores and drift alarms are published. Its
         state is the stream's extra `SCORE`, recorded with the step by `store.advance`. Never
-        raises. `batch`: the rows and forecasts of a batched run, which spares stacking them."""
+        raises. `batch`: the rows and forecasts of a batched run, which spares stacking them;
+        `failed`: the positions whose run failed (not stepped: not scored either). A window
+        graph filling its window forecasts nothing (None), but its actual is still scored."""
         sc = self.scorer
         if sc is None:
             return []
         try:
-            at = [i for i, y in enumerate(ys) if y is not None]
+            at = [i for i in range(len(ys)) if i not in failed]
             if not at:
                 return []
             items = [pending[i] for i in at]
             t = np.fromiter((p[2] for p in items), np.float64, len(items))
             tau = t / self.period if self.period else np.full(len(items), np.nan)
+            issue = None
             if batch is not None and len(at) == len(ys):
                 values, y = batch[0], batch[1].reshape(len(at), sc.horizon, -1)
             else:
                 values = np.stack([p[3] for p in items])
-                y = np.stack([np.asarray(ys[i]).reshape(sc.horizon, -1) for i in at])
-            out = sc.step_states([p[1] for p in items], tau, values, y)
+                made = [ys[i] for i in at]
+                if any(f is None for f in made):  # NaN forecasts: not issued, never scored
+                    issue = np.array([f is not None for f in made])
+                    none = np.full((sc.horizon, sc.layout.k), np.nan, np.float32)
+                    made = [none if f is None else f for f in made]
+                y = np.stack([np.asarray(f).reshape(sc.horizon, -1) for f in made])
+            out = sc.step_states([p[1] for p in items], tau, values, y, issue)
             if out.changed:
                 summaries = sc.summaries([items[j][1].extra[SCORE] for j, _ in out.changed])
                 for (j, raised), summary in zip(out.changed, summaries, strict=True):

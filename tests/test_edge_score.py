@@ -179,7 +179,7 @@ def test_no_alarm_during_warmup_or_before_min_scored() -> None:
 def test_one_stream_path_equals_the_vectorised_one(seeded: bool) -> None:
     """One stream at a time (plain Python) and streams together (numpy) give the same states,
     radii, counters, due scores and alarms: two targets, a season, warm-up, missing actuals,
-    two steps in one period, gaps, an alarm raised and cleared."""
+    two steps in one period, gaps, steps that issue no forecast, an alarm raised and cleared."""
     h, n, steps = 3, 4, 400
     rng = np.random.default_rng(5)
     man = Manifest(
@@ -204,11 +204,13 @@ def test_one_stream_path_equals_the_vectorised_one(seeded: bool) -> None:
         values = rng.normal(0, 1, (n, 2)) + (3.0 if 150 <= t < 200 else 0.0)
         values[rng.random(n) < 0.05, 0] = np.nan
         y = rng.normal(0, 1, (n, h, 2))
-        got = many.step_many(exn, given.copy(), values, y)
+        issue = rng.random(n) >= 0.1  # a window graph filling its window forecasts nothing
+        y[~issue] = np.nan
+        got = many.step_many(exn, given.copy(), values, y, issue)
         changesn += [(t, i, up) for i, up in got.changed]
         for i in range(n):
             g1 = one.step_many([ex1[i]], given[i : i + 1].copy(), values[i : i + 1],
-                               y[i : i + 1])
+                               y[i : i + 1], issue[i : i + 1])
             assert got.radii is not None and g1.radii is not None
             np.testing.assert_allclose(g1.radii[0], got.radii[i], rtol=1e-12)
             assert (i in got.due) == bool(g1.due)
@@ -643,6 +645,37 @@ def test_a_window_graph_is_scored_once_warm(tmp_path: Path, batch: str) -> None:
     for k in range(h):  # every (origin, horizon step) pair that could be judged, and no other
         assert score_total(proc, "scored_total", k + 1) == pairs[k]
     assert pairs == {k: 2 * (n - warm - k - 1) for k in range(h)}
+
+
+def test_a_window_graph_scores_forecasts_made_before_a_gap_reset(tmp_path: Path,
+                                                                 batch: str) -> None:
+    """A window graph (lookback 5, horizon 4, max_gap 2 periods) and a stream that skips two
+    hours: the gap resets the window, and while it fills again (no forecasts) the actuals still
+    judge the forecasts made before the gap that targeted them, once each; the error sums are
+    those of the published forecasts against the fed actuals."""
+    h, lookback = 4, 5
+    model = build_model(tmp_path / "w.onnx", kind="window", lookback=lookback, horizon=h,
+                        max_gap=2, batch=batch, model_id="wg", conformal=gaussian_seed(h, 2.0),
+                        freq="1h")
+    sink = Sink()
+    proc = processor(model, sink)
+    series = rows(0, 40)
+    fed = series[:20] + series[22:]  # hours 20 and 21 missing: a gap of 3 periods
+    for ts, v in fed:
+        proc.handle(*msg("s", ts, v))
+    assert proc.metrics.resets == {"gap": 1}
+    index = {ts: i for i, (ts, _) in enumerate(series)}
+    actual = {index[ts]: float(np.float32(v)) for ts, v in fed}
+    preds = {index[p["ts"]]: p["forecast"] for p in sink.on("forecasts/s")}
+    # none while the window fills: at the start and again after the gap
+    assert sorted(preds) == list(range(lookback - 1, 20)) + list(range(22 + lookback - 1, 40))
+    for k in range(h):
+        judged = [o for o in preds if o + k + 1 in actual]
+        after_gap = [o for o in judged if o < 20 and o + k + 1 >= 22]
+        assert len(after_gap) == max(0, k - 1)  # judged while the window refilled
+        assert score_total(proc, "scored_total", k + 1) == len(judged)
+        err = sum(abs(preds[o][k] - actual[o + k + 1]) for o in judged)
+        assert score_total(proc, "abs_error_sum", k + 1) == pytest.approx(err, rel=1e-5)
 
 
 # -- a real daemon, killed -----------------------------------------------------------------------
