@@ -12,7 +12,10 @@ payloads there, which removes the entities. Each sensor reads the stream's forec
   classes as its options), and each class's probability at that step as attributes.
 
 The attributes hold the time the forecast is for (``at``), the observation time it was made at
-(``observed``) and the model id. Availability follows the daemon's retained status (``online``/
+(``observed``) and the model id. With self-scoring on, each stream also gets a diagnostic
+``problem`` binary sensor on ``<prefix>/binary_sensor/<node>/<object_id>_drift/config`` that reads
+its retained score document: on while the drift alarm is raised ("retrain me"), the rolling
+figures as attributes. Availability follows the daemon's retained status (``online``/
 ``offline``, also its last will). Every device is one stream (identifiers, name, model = the
 model id, manufacturer statecast).
 
@@ -43,6 +46,10 @@ def safe_id(text: str) -> str:
     if clean != text or not clean:
         clean = f"{clean}_{hashlib.sha1(text.encode()).hexdigest()[:6]}"
     return clean
+
+
+def _dump(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def _literal(text: str) -> str:
@@ -90,18 +97,62 @@ class Discovery:
                 out.append((f"{safe_id(stream)}{part}_step{step}", step, k, target))
         return out
 
-    def topic(self, object_id: str) -> str:
-        return f"{self.prefix}/sensor/{self.node}/{object_id}/config"
+    def topic(self, object_id: str, component: str = "sensor") -> str:
+        return f"{self.prefix}/{component}/{self.node}/{object_id}/config"
+
+    def _drift_topic(self, stream: str) -> str | None:
+        """Where the drift sensor of `stream` is announced; None without self-scoring."""
+        if not self.config.scoring:
+            return None
+        return self.topic(f"{safe_id(stream)}_drift", "binary_sensor")
 
     def configs(self, stream: str) -> list[tuple[str, bytes]]:
         """The retained discovery messages that announce `stream`'s entities."""
-        return [(self.topic(oid), json.dumps(self.config_for(stream, step, k, target),
-                                             separators=(",", ":")).encode())
-                for oid, step, k, target in self._entities(stream)]
+        out = [(self.topic(oid), _dump(self.config_for(stream, step, k, target)))
+               for oid, step, k, target in self._entities(stream)]
+        drift = self._drift_topic(stream)
+        if drift is not None:
+            out.append((drift, _dump(self.drift_config(stream))))
+        return out
 
     def removals(self, stream: str) -> list[tuple[str, bytes]]:
         """The empty retained messages that remove `stream`'s entities."""
-        return [(self.topic(oid), b"") for oid, *_ in self._entities(stream)]
+        out = [(self.topic(oid), b"") for oid, *_ in self._entities(stream)]
+        drift = self._drift_topic(stream)
+        return out + ([(drift, b"")] if drift is not None else [])
+
+    def _common(self, stream: str) -> dict[str, Any]:
+        """What every entity of `stream` shares: availability, QoS, device and origin."""
+        return {
+            "availability_topic": self.status_topic,
+            "availability_template": "{{ value_json.status }}",
+            "payload_available": "online",
+            "payload_not_available": "offline",
+            "qos": self.config.qos,
+            "device": {
+                "identifiers": [safe_id(f"statecast_{self.config.client_id}_{stream}")],
+                "name": stream,
+                "model": self.manifest.model_id,
+                "manufacturer": "statecast",
+            },
+            "origin": {"name": "statecast",
+                       "sw_version": self.version or self.manifest.statecast_version},
+        }
+
+    def drift_config(self, stream: str) -> dict[str, Any]:
+        """The drift alarm of `stream` as a binary sensor on its retained score document (the
+        document's figures are its attributes)."""
+        scores = self.config.topic(self.config.score, stream, self.manifest.model_id)
+        return {
+            "name": f"{stream} forecast drift",
+            "unique_id": safe_id(f"{self.config.client_id}_{stream}_drift"),
+            "state_topic": scores,
+            "value_template": "{{ 'ON' if value_json.alarm else 'OFF' }}",
+            "device_class": "problem",
+            "entity_category": "diagnostic",
+            "json_attributes_topic": scores,
+            **self._common(stream),
+        }
 
     def config_for(self, stream: str, step: int, k: int, target: str | None) -> dict[str, Any]:
         m = self.manifest
@@ -132,18 +183,7 @@ class Discovery:
             "state_topic": state,
             "value_template": value,
             "json_attributes_topic": state,
-            "availability_topic": self.status_topic,
-            "availability_template": "{{ value_json.status }}",
-            "payload_available": "online",
-            "payload_not_available": "offline",
-            "qos": self.config.qos,
-            "device": {
-                "identifiers": [safe_id(f"statecast_{self.config.client_id}_{stream}")],
-                "name": stream,
-                "model": m.model_id,
-                "manufacturer": "statecast",
-            },
-            "origin": {"name": "statecast", "sw_version": self.version or m.statecast_version},
+            **self._common(stream),
         }
         if self.classify:
             assert m.classes is not None

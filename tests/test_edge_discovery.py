@@ -78,6 +78,11 @@ def render(template: str, payload: bytes) -> str:
     return ENV.from_string(template).render(value=text, value_json=json.loads(text))
 
 
+def sensors(disc: Discovery, stream: str) -> list[tuple[str, bytes]]:
+    """The forecast sensors among a stream's discovery configs (not its drift sensor)."""
+    return [(t, b) for t, b in disc.configs(stream) if "/sensor/" in t]
+
+
 def forecasts(model: Path, manifest: Manifest, n: int = 3) -> list[bytes]:
     """Forecast payloads as the daemon publishes them: the real graph through the real
     Processor (so with its intervals); classifiers (whose class names a test may replace in
@@ -122,7 +127,7 @@ def discovery(model: Path, classes: tuple[str, ...] | None = None,
 
 def test_regression_configs_render_on_real_forecasts(models: dict[str, Path]) -> None:
     disc, manifest = discovery(models["step"])
-    configs = disc.configs("kitchen")
+    configs = sensors(disc, "kitchen")
     assert [json.loads(b)["name"] for _, b in configs] == ["kitchen forecast +1",
                                                              "kitchen forecast +3"]
     for (topic, body), step in zip(configs, (1, 3), strict=True):
@@ -151,7 +156,7 @@ def test_steps_and_unique_ids(models: dict[str, Path]) -> None:
     assert disc.steps == (2,)  # 9 is beyond the horizon of 3
     uids = {json.loads(b)["unique_id"] for s in ("a", "b", "a b", "a_b")
             for _, b in disc.configs(s)}
-    assert len(uids) == 4  # "a b" and "a_b" stay distinct
+    assert len(uids) == 8  # a sensor and a drift sensor each; "a b" and "a_b" stay distinct
     assert safe_id("a b") != safe_id("a_b")
     again, _ = discovery(models["step"], ha_steps=(2,))
     assert again.configs("a b") == disc.configs("a b")  # stable across restarts
@@ -161,7 +166,7 @@ def test_steps_and_unique_ids(models: dict[str, Path]) -> None:
 
 def test_multi_target_gets_one_entity_per_target(models: dict[str, Path]) -> None:
     disc, manifest = discovery(models["multi"], ha_steps=(1,))
-    configs = [json.loads(b) for _, b in disc.configs("kitchen")]
+    configs = [json.loads(b) for _, b in sensors(disc, "kitchen")]
     assert [c["name"] for c in configs] == ["kitchen temp forecast +1",
                                             "kitchen hum forecast +1"]
     payload = forecasts(models["multi"], manifest)[-1]
@@ -189,7 +194,7 @@ def test_classifier_configs_give_the_label_and_probabilities(
         tmp_path / "c1.onnx", task="classify", classes=("cold", "mild", "warm"), horizon=1,
         model_id="test-cls-1")
     disc, manifest = discovery(path, classes)
-    configs = [json.loads(b) for _, b in disc.configs("kitchen")]
+    configs = [json.loads(b) for _, b in sensors(disc, "kitchen")]
     assert len(configs) == len(dict.fromkeys((1, horizon)))
     for step, doc in zip(disc.steps, configs, strict=True):
         check_config(doc)
@@ -213,6 +218,57 @@ def test_availability_follows_the_status_payload(models: dict[str, Path]) -> Non
     for status, key in (("online", "payload_available"), ("offline", "payload_not_available")):
         body = json.dumps({"status": status, "model": "m", "streams": 3}).encode()
         assert render(doc["availability_template"], body) == doc[key]
+
+
+BINARY_SENSOR_KEYS = {k: v for k, v in SENSOR_KEYS.items() if k not in (
+    "last_reset_value_template", "options", "state_class", "suggested_display_precision",
+    "unit_of_measurement")} | {"off_delay": "off_dly", "payload_off": "pl_off",
+                               "payload_on": "pl_on"}
+
+
+def test_drift_binary_sensor_reads_the_retained_score_document(
+    models: dict[str, Path], tmp_path: Path,
+) -> None:
+    """With self-scoring, each stream's device also gets a `problem` binary sensor on its score
+    topic: ON exactly in the score documents (from a real processor whose forecasts go wrong)
+    that carry a raised drift alarm, OFF in the others; removed with the stream; absent
+    without scoring."""
+    from edge_models import build_model
+
+    h = 3
+    model = build_model(tmp_path / "d.onnx", horizon=h, model_id="drift", freq="1h",
+                        conformal={"points": 100, "levels": [0.5, 0.8],
+                                   "abs_quantiles": [[[0.34, 0.64]]] * h, "rmse": [[0.5]] * h,
+                                   "mae": [[0.4]] * h})
+    disc, _ = discovery(model)
+    (topic, body), = [(t, b) for t, b in disc.configs("kitchen") if "/binary_sensor/" in t]
+    assert topic == "homeassistant/binary_sensor/edge-1/kitchen_drift/config"
+    doc = json.loads(body)
+    assert set(doc) <= set(BINARY_SENSOR_KEYS), set(doc) - set(BINARY_SENSOR_KEYS)
+    assert doc["device_class"] == "problem" and doc["entity_category"] == "diagnostic"
+    assert doc["state_topic"] == doc["json_attributes_topic"] == "statecast/score/kitchen"
+    sensor = json.loads(sensors(disc, "kitchen")[0][1])
+    assert doc["device"] == sensor["device"] and doc["unique_id"] != sensor["unique_id"]
+    assert doc["availability_topic"] == sensor["availability_topic"]
+    ENV.parse(doc["value_template"])
+    # real score documents: an untrained model is far off the trainer's RMSE of 0.5
+    cfg = EdgeConfig(model=str(model), subscribe=("s/+/v",), client_id="t", score_every=1,
+                     drift_min_scored=1, drift_periods=3)
+    sm, freq = load_model(cfg)
+    docs: list[bytes] = []
+    proc = Processor(cfg, sm, freq, lambda t, p, q: docs.append(p) if t.startswith(
+        "statecast/score/") else True)
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        proc.handle("s/kitchen/v", json.dumps({"ts": f"2010-03-01T{i:02d}:00:00",
+                                               "temp": 50 + 5 * rng.normal()}).encode())
+    states = [render(doc["value_template"], d) for d in docs]
+    assert states == ["ON" if json.loads(d)["alarm"] else "OFF" for d in docs]
+    assert {"ON", "OFF"} <= set(states)
+    assert (topic, b"") in disc.removals("kitchen")
+    off, _ = discovery(model, scoring=False)
+    assert all("/binary_sensor/" not in t for t, _ in off.configs("kitchen") + off.removals(
+        "kitchen"))
 
 
 def test_forecast_payload_shape_is_what_the_templates_read(models: dict[str, Path]) -> None:

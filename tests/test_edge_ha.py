@@ -94,9 +94,10 @@ def test_discovery_configs_are_retained_and_drop_clears_them(
     assert len(forecasts) == 2
 
     seen = Retained(broker, f"{prefix}/#")
-    configs = seen.wait(4)
+    configs = seen.wait(6)
     assert sorted(t for t, *_ in configs) == sorted(
-        f"{prefix}/sensor/{cid}/{s}_step{k}/config" for s in ("kitchen", "hall") for k in (1, 3))
+        [f"{prefix}/sensor/{cid}/{s}_step{k}/config" for s in ("kitchen", "hall") for k in (1, 3)]
+        + [f"{prefix}/binary_sensor/{cid}/{s}_drift/config" for s in ("kitchen", "hall")])
     assert all(retain for _, _, retain, _ in configs)
     env = ImmutableSandboxedEnvironment()
     status = [p for t, p, _ in col.messages if t == f"statecast/status/{cid}"][-1]
@@ -116,11 +117,12 @@ def test_discovery_configs_are_retained_and_drop_clears_them(
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         after = Retained(broker, f"{prefix}/#")
-        left = sorted(t for t, body, _, _ in after.wait(2, timeout=2) if body)
+        left = sorted(t for t, body, _, _ in after.wait(3, timeout=2) if body)
         after.close()
-        if len(left) == 2:
+        if len(left) == 3:
             break
-    assert left == sorted(f"{prefix}/sensor/{cid}/hall_step{k}/config" for k in (1, 3))
+    assert left == sorted([f"{prefix}/sensor/{cid}/hall_step{k}/config" for k in (1, 3)]
+                          + [f"{prefix}/binary_sensor/{cid}/hall_drift/config"])
     assert d.stop() == 0
 
 
@@ -189,16 +191,16 @@ def test_a_model_reload_announces_the_streams_again(
                        "--ha-discovery", prefix)
     assert col.wait_status(cid, "online", mark), d.log()
     observe(broker, cid, ["kitchen"], 1)
-    col.wait_for(f"{prefix}/", 2)
+    col.wait_for(f"{prefix}/", 3)
     time.sleep(1.5)  # the worker's upkeep after connecting announces nothing twice
     first = col.json(f"{prefix}/")
-    assert len(first) == 2
+    assert len(first) == 3  # two forecast sensors and the drift sensor
     assert {c["device"]["model"] for c in first} == {"test-step"}
     mark = col.mark()
     tmp = tmp_path / "next.onnx"
     shutil.copyfile(models["step2"], tmp)
     os.replace(tmp, model)  # the daemon sees the new file and reloads
-    again = col.wait_for(f"{prefix}/", 2, since=mark)
+    again = col.wait_for(f"{prefix}/", 3, since=mark)
     assert {c["device"]["model"] for c in again} == {"test-step-other"}, d.log()
     assert sorted(c["unique_id"] for c in again) == sorted(c["unique_id"] for c in first)
     assert d.stop() == 0

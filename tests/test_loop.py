@@ -89,7 +89,7 @@ def test_record_train_export_serve_reload(
     for i in range(240, 300):
         send("kitchen", i)
     served = col.wait_for(f"{cid}-out/kitchen", 60)
-    configs = [json.loads(m) for t, m, _ in col.messages if t.startswith("homeassistant/")
+    configs = [json.loads(m) for t, m, _ in col.messages if t.startswith("homeassistant/sensor/")
                and t.endswith("/config") and m]
     assert configs, daemon.log()[-2000:]
     assert {c.get("unit_of_measurement", c.get("unit_of_meas")) for c in configs} == {"°C"}
