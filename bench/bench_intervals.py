@@ -20,7 +20,8 @@ forecasts made over the held-out tail (the trainer's last 20 %):
   coverage in windows after the shift (its first two seasons, seasons 2-4, season 2 to the end),
   pooled per horizon step over every position's forecasts, with the range of the positions'
   own coverages; and at how many positions the drift alarm fired, how many periods after the
-  shift it was first raised, and whether and when it cleared.
+  shift it was first raised, and whether and when it cleared. With `--drift PER_SEASON` the
+  same for a sensor drift instead: a ramp from each position on, PER_SEASON more every season.
 
 Prints tables and writes bench/results/intervals.json. Not part of the test suite.
 """
@@ -205,6 +206,9 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--shift", type=float, help="level shift added from each position on "
                    "(default 3 × the standard deviation of the series' changes per period)")
+    p.add_argument("--drift", type=float, metavar="PER_SEASON", help="inject a sensor drift "
+                   "instead of a level shift: a ramp that adds PER_SEASON per season from each "
+                   "position on (0: the --shift size per season)")
     p.add_argument("--shift-positions", type=int, default=6, metavar="P",
                    help="inject the shift at P positions (one replay each), spread evenly from "
                    "the tail's start to the last one with 4 seasons and a horizon after it; "
@@ -251,9 +255,13 @@ def main() -> int:
                "from_2_seasons_to_end": (2 * season, n)}
     segments: dict[str, list[Segment]] = {name: [] for name in windows}
     alarms = []
+    per_season = None if args.drift is None else (args.drift or shift)
     for at in ats:
         shifted = values.copy()
-        shifted[at:] += shift
+        if per_season is None:
+            shifted[at:] += shift
+        else:  # the sensor drifts from `at` on
+            shifted[at:] += per_season * np.arange(n - at) / season
         rec2 = replay(model, times, shifted, start, **settings)
         for name, (a, b) in windows.items():
             segments[name].append((rec2, shifted, at + a, min(n, at + b)))
@@ -266,8 +274,9 @@ def main() -> int:
     cleared = [a["cleared"] for a in alarms if a["cleared"] is not None]
     mid = alarms[len(alarms) // 2]
     result["alarms_without_shift"] = rec.events
-    result["level_shift"] = {
-        "shift": shift, "positions": ats,
+    result["level_shift" if per_season is None else "sensor_drift"] = {
+        "shift": shift if per_season is None else None, "drift_per_season": per_season,
+        "positions": ats,
         "alarm": {"positions": len(ats), "fired": len(raised), "raised_after": delays(raised),
                   "cleared": len(cleared), "cleared_after": delays(cleared),
                   "up_at_shift": sum(a["up_at_shift"] for a in alarms)},
@@ -303,10 +312,12 @@ def report(r: dict[str, Any]) -> None:
     tr = r["trainer"]["rmse"]
     print(f"\nRMSE over the tail: the daemon's own counters {r['live_rmse']:.4f}, the trainer's "
           f"held-out evaluation {tr:.4f} ({r['live_rmse'] / tr - 1:+.1%})")
-    ls = r["level_shift"]
+    ls = r.get("level_shift") or r["sensor_drift"]
     print(f"\nDrift alarms without a shift (row, raised?): {r['alarms_without_shift']}")
     al = ls["alarm"]
-    print(f"\nLevel shift of {ls['shift']:+.3f}, injected (one replay each) at rows "
+    what = f"Level shift of {ls['shift']:+.3f}" if ls.get("drift_per_season") is None else \
+        f"Sensor drift of {ls['drift_per_season']:+.3f} per season"
+    print(f"\n{what}, injected (one replay each) at rows "
           f"{', '.join(map(str, ls['positions']))}")
     line = f"  drift alarm raised at {al['fired']} of {al['positions']} positions"
     if al["raised_after"]:
